@@ -1,0 +1,368 @@
+"""The state changes of a semaphore, in two interchangeable backends.
+
+:class:`LuaOps` runs each change as one Lua script (the default: one round
+trip, atomic).  :class:`TxOps` performs the same changes with WATCH + MULTI/EXEC
+and a retry loop, sending no EVAL/EVALSHA/FCALL at all, for deployments where
+scripting is disabled.  Both read the server clock (TIME) for leases and take
+every key name from :class:`~redsync._keys.KeySpace`; the Lua files receive
+all names through KEYS.  See ARCHITECTURE.md for the invariants they keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from redis.asyncio.connection import AbstractConnection
+
+from ._keys import KeySpace
+from ._link import Command, Link, Script, text
+
+R = TypeVar("R")
+
+SCRIPTS = {
+    name: Script(f"semaphore_{name}")
+    for name in ("init", "release", "renew", "reclaim", "refill", "deregister")
+}
+
+
+@dataclass
+class LaneState:
+    member: str
+    key: str
+    tokens: list[str]
+
+
+@dataclass
+class RenewResult:
+    status: str  # "ok", "restored" or "stale"
+    stale_members: list[str] = field(default_factory=list)
+    refill_due: bool = False
+    lanes: list[list[str]] = field(default_factory=list)
+    count: int = 0
+    gen: str = ""
+
+
+@dataclass(frozen=True)
+class Meta:
+    count: int
+    gen: str
+    strategy: str
+    created: bool = False
+
+
+class SemaphoreOps(Protocol):
+    async def init(self, count: int, ttl_ms: int, gen: str, strategy: str) -> Meta: ...
+    async def meta(self) -> Meta | None: ...
+    async def release(self, lane_key: str, token: str, gen: str, ttl_ms: int) -> int: ...
+    async def renew(
+        self,
+        lanes: Sequence[LaneState],
+        count: int,
+        gen: str,
+        strategy: str,
+        ttl_ms: int,
+        recover_ms: int,
+    ) -> RenewResult: ...
+    async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int: ...
+    async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int: ...
+    async def deregister(self, members: Sequence[str]) -> int: ...
+
+
+class _Base:
+    def __init__(self, link: Link, keys: KeySpace) -> None:
+        self.link = link
+        self.meta_key = keys.key("meta")
+        self.pool_key = keys.key("pool")
+        self.holders_key = keys.key("holders")
+        self._keys = keys
+
+    def lane_key(self, member: str) -> str:
+        return self._keys.key(f"lane:{member}")
+
+    async def meta(self) -> Meta | None:
+        count, gen, strategy = await self.link.call(
+            "HMGET", self.meta_key, "count", "gen", "strategy"
+        )
+        if count is None:
+            return None
+        return Meta(int(count), text(gen), text(strategy) if strategy else "lua")
+
+
+def _tokens(gen: str, count: int) -> list[str]:
+    return [f"{gen}:{i}" for i in range(count)]
+
+
+def _strings(values: Any) -> list[str]:
+    return [text(v) for v in values or []]
+
+
+class LuaOps(_Base):
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self.link.script(SCRIPTS[name], keys, args)
+
+    async def init(self, count: int, ttl_ms: int, gen: str, strategy: str) -> Meta:
+        reply = await self._run(
+            "init", [self.meta_key, self.pool_key, self.holders_key], [count, ttl_ms, gen, strategy]
+        )
+        return Meta(int(reply[0]), text(reply[1]), text(reply[2]), bool(int(reply[3])))
+
+    async def release(self, lane_key: str, token: str, gen: str, ttl_ms: int) -> int:
+        keys = [self.meta_key, self.pool_key, lane_key]
+        return int(await self._run("release", keys, [token, gen, ttl_ms]))
+
+    async def renew(
+        self,
+        lanes: Sequence[LaneState],
+        count: int,
+        gen: str,
+        strategy: str,
+        ttl_ms: int,
+        recover_ms: int,
+    ) -> RenewResult:
+        keys = [self.meta_key, self.pool_key, self.holders_key, *(lane.key for lane in lanes)]
+        args: list[Any] = [ttl_ms, count, gen, strategy, recover_ms, len(lanes)]
+        for lane in lanes:
+            args += [lane.member, len(lane.tokens), *lane.tokens]
+        reply = await self._run("renew", keys, args)
+        status = text(reply[0])
+        if status == "stale":
+            return RenewResult("stale", count=int(reply[1]), gen=text(reply[2]))
+        return RenewResult(
+            status,
+            stale_members=_strings(reply[1]),
+            refill_due=bool(int(reply[2])),
+            lanes=[_strings(c) for c in reply[3:]],
+        )
+
+    async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int:
+        keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.lane_key, members)]
+        return int(await self._run("reclaim", keys, [ttl_ms, gen, len(members), *members]))
+
+    async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int:
+        keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.lane_key, members)]
+        args = [ttl_ms, count, gen, len(members), *members]
+        return int(await self._run("refill", keys, args))
+
+    async def deregister(self, members: Sequence[str]) -> int:
+        keys = [self.holders_key, *map(self.lane_key, members)]
+        return int(await self._run("deregister", keys, list(members)))
+
+
+Reader = Callable[[Sequence[Command]], Awaitable[list[Any]]]
+#: A transaction body: reads through the reader, returns (writes or None, result).
+Body = Callable[[Reader], Awaitable[tuple[list[Command] | None, R]]]
+
+
+def _now_ms(time_reply: Any) -> int:
+    return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
+
+
+class TxOps(_Base):
+    """The same operations with WATCH + MULTI/EXEC: no server-side scripting."""
+
+    async def _tx(self, watch: Sequence[str], body: Body[R]) -> R:
+        while True:
+            conn = await self.link.borrow()
+            try:
+                await self.link.run(conn, [("WATCH", *watch)])
+
+                async def reader(
+                    commands: Sequence[Command], conn: AbstractConnection = conn
+                ) -> list[Any]:
+                    return await self.link.run(conn, commands)
+
+                try:
+                    writes, result = await body(reader)
+                except BaseException:
+                    await self.link.discard(conn)
+                    raise
+                if writes is None:
+                    await self.link.run(conn, [("UNWATCH",)])
+                    return result
+                replies = await self.link.run(conn, [("MULTI",), *writes, ("EXEC",)])
+                if replies[-1] is not None:
+                    return result
+            finally:
+                await self.link.give_back(conn)
+
+    async def init(self, count: int, ttl_ms: int, gen: str, strategy: str) -> Meta:
+        async def body(read: Reader) -> tuple[list[Command] | None, Meta]:
+            (found,) = await read([("HMGET", self.meta_key, "count", "gen", "strategy")])
+            if found[0] is not None:
+                strat = text(found[2]) if found[2] else "lua"
+                return None, Meta(int(found[0]), text(found[1]), strat)
+            writes: list[Command] = [
+                ("DEL", self.pool_key, self.holders_key),
+                ("RPUSH", self.pool_key, *_tokens(gen, count)),
+                ("HSET", self.meta_key, "count", count, "gen", gen, "strategy", strategy),
+                ("HSET", self.meta_key, "recover", 0),
+                ("PEXPIRE", self.meta_key, ttl_ms),
+                ("PEXPIRE", self.pool_key, ttl_ms),
+            ]
+            return writes, Meta(count, gen, strategy, True)
+
+        return await self._tx([self.meta_key, self.pool_key, self.holders_key], body)
+
+    async def release(self, lane_key: str, token: str, gen: str, ttl_ms: int) -> int:
+        async def body(read: Reader) -> tuple[list[Command] | None, int]:
+            current, pos = await read([("HGET", self.meta_key, "gen"), ("LPOS", lane_key, token)])
+            remove: list[Command] = [("LREM", lane_key, 1, token)]
+            if current is None:
+                return remove, -1
+            if text(current) != gen:
+                return remove, -2
+            if pos is None:
+                return None, 0
+            return [
+                *remove,
+                ("RPUSH", self.pool_key, token),
+                ("PEXPIRE", self.pool_key, ttl_ms),
+            ], 1
+
+        return await self._tx([self.meta_key, lane_key], body)
+
+    async def renew(
+        self,
+        lanes: Sequence[LaneState],
+        count: int,
+        gen: str,
+        strategy: str,
+        ttl_ms: int,
+        recover_ms: int,
+    ) -> RenewResult:
+        own = {lane.member for lane in lanes}
+
+        async def body(read: Reader) -> tuple[list[Command] | None, RenewResult]:
+            replies = await read(
+                [
+                    ("TIME",),
+                    ("HMGET", self.meta_key, "count", "gen", "recover"),
+                    *(("LRANGE", lane.key, 0, -1) for lane in lanes),
+                ]
+            )
+            now = _now_ms(replies[0])
+            found = replies[1]
+            contents = [_strings(r) for r in replies[2:]]
+            writes: list[Command] = []
+            status = "ok"
+            if found[0] is None:
+                recover = now + recover_ms
+                writes.append(
+                    ("HSET", self.meta_key, "count", count, "gen", gen, "strategy", strategy)
+                )
+                writes.append(("HSET", self.meta_key, "recover", recover))
+                status = "restored"
+            elif int(found[0]) != count or text(found[1]) != gen:
+                for lane in lanes:
+                    writes += [("DEL", lane.key), ("ZREM", self.holders_key, lane.member)]
+                return writes, RenewResult("stale", count=int(found[0]), gen=text(found[1]))
+            else:
+                recover = int(found[2] or 0)
+            (stale,) = await read([("ZRANGEBYSCORE", self.holders_key, "-inf", now + ttl_ms // 2)])
+            result = RenewResult(
+                status,
+                stale_members=[m for m in _strings(stale) if m not in own],
+                refill_due=recover != 0 and recover <= now,
+            )
+            for lane, items in zip(lanes, contents):
+                if not items:
+                    restored = lane.tokens if recover != 0 else []
+                    writes.append(("RPUSH", lane.key, "", *restored))
+                    items = ["", *restored]
+                elif items[0] != "":
+                    writes.append(("LPUSH", lane.key, ""))
+                    items = ["", *items]
+                writes += [
+                    ("ZADD", self.holders_key, now + ttl_ms, lane.member),
+                    ("PEXPIRE", lane.key, ttl_ms),
+                ]
+                result.lanes.append(items[1:])
+            for key in (self.meta_key, self.pool_key, self.holders_key):
+                writes.append(("PEXPIRE", key, ttl_ms))
+            return writes, result
+
+        watch = [self.meta_key, self.holders_key, *(lane.key for lane in lanes)]
+        return await self._tx(watch, body)
+
+    async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int:
+        lane_keys = [self.lane_key(m) for m in members]
+        prefix = gen + ":"
+
+        async def body(read: Reader) -> tuple[list[Command] | None, int]:
+            replies = await read(
+                [
+                    ("HGET", self.meta_key, "gen"),
+                    ("TIME",),
+                    *(("ZSCORE", self.holders_key, m) for m in members),
+                    *(("LRANGE", k, 1, -1) for k in lane_keys),
+                ]
+            )
+            if replies[0] is None or text(replies[0]) != gen:
+                return None, -1
+            now = _now_ms(replies[1])
+            scores = replies[2 : 2 + len(members)]
+            contents = replies[2 + len(members) :]
+            writes: list[Command] = []
+            returned: list[str] = []
+            for member, key, score, items in zip(members, lane_keys, scores, contents):
+                if score is None:
+                    continue
+                if float(score) <= now:
+                    returned += [t for t in _strings(items) if t.startswith(prefix)]
+                    writes += [("DEL", key), ("ZREM", self.holders_key, member)]
+                else:
+                    writes.append(("PEXPIRE", key, ttl_ms))
+            if returned:
+                writes += [
+                    ("RPUSH", self.pool_key, *returned),
+                    ("PEXPIRE", self.pool_key, ttl_ms),
+                ]
+            return (writes or None), len(returned)
+
+        return await self._tx([self.meta_key, self.holders_key, *lane_keys], body)
+
+    async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int:
+        lane_keys = [self.lane_key(m) for m in members]
+
+        async def body(read: Reader) -> tuple[list[Command] | None, int]:
+            replies = await read(
+                [
+                    ("HMGET", self.meta_key, "gen", "recover"),
+                    ("ZRANGE", self.holders_key, 0, -1),
+                    ("LRANGE", self.pool_key, 0, -1),
+                    *(("LRANGE", k, 1, -1) for k in lane_keys),
+                ]
+            )
+            found = replies[0]
+            if found[0] is None or text(found[0]) != gen:
+                return None, -1
+            if int(found[1] or 0) == 0:
+                return None, 0
+            if sorted(_strings(replies[1])) != sorted(members):
+                return None, -2
+            present = set()
+            for items in replies[2:]:
+                present.update(_strings(items))
+            missing = [t for t in _tokens(gen, count) if t not in present]
+            writes: list[Command] = [("HSET", self.meta_key, "recover", 0)]
+            if missing:
+                writes.append(("RPUSH", self.pool_key, *missing))
+            writes += [("PEXPIRE", self.meta_key, ttl_ms), ("PEXPIRE", self.pool_key, ttl_ms)]
+            return writes, len(missing)
+
+        return await self._tx([self.meta_key, self.pool_key, self.holders_key, *lane_keys], body)
+
+    async def deregister(self, members: Sequence[str]) -> int:
+        lane_keys = [self.lane_key(m) for m in members]
+
+        async def body(read: Reader) -> tuple[list[Command] | None, int]:
+            lengths = await read([("LLEN", k) for k in lane_keys])
+            writes: list[Command] = []
+            for member, key, length in zip(members, lane_keys, lengths):
+                if int(length) <= 1:
+                    writes += [("DEL", key), ("ZREM", self.holders_key, member)]
+            return (writes or None), len(writes) // 2
+
+        return await self._tx([self.holders_key, *lane_keys], body)

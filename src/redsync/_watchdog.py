@@ -1,0 +1,70 @@
+"""A periodic background task that outlives transient errors and stops at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("redsync")
+
+
+class Watchdog:
+    """Calls ``tick`` every ``period`` seconds (±20 % jitter, so instances
+    started together do not renew in lock-step), or sooner when kicked.
+
+    A failing tick is logged and retried with backoff from 50 ms up to the
+    period; the loop only ends through :meth:`stop`.  ``stop`` cancels the
+    task and waits at most ``grace`` seconds, so closing never hangs on a
+    renewal stuck behind a dead connection.
+    """
+
+    def __init__(self, period: float, tick: Callable[[], Awaitable[None]], what: str) -> None:
+        self.period = period
+        self._tick = tick
+        self._what = what
+        self._kicked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.failures = 0
+        self.ticks = 0
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    def kick(self) -> None:
+        """Run the next tick now instead of at the end of the period."""
+        self._kicked.set()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self, grace: float = 0.5) -> None:
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.wait([task], timeout=grace)
+
+    async def _loop(self) -> None:
+        while True:
+            if self.failures:
+                delay = min(0.05 * 2 ** (self.failures - 1), self.period)
+            else:
+                delay = self.period * random.uniform(0.8, 1.2)
+            try:
+                await asyncio.wait_for(self._kicked.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            self._kicked.clear()
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                log.warning("%s failed (%d in a row): %r", self._what, self.failures, exc)
+            else:
+                self.failures = 0
+                self.ticks += 1

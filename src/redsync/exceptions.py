@@ -1,0 +1,82 @@
+"""The exception tree of redsync.
+
+Every exception raised on purpose by this package derives from
+:class:`RedsyncError`, so ``except RedsyncError`` catches all of them.
+Errors from the Redis client itself (``redis.exceptions.ConnectionError``
+after the library's own retries are exhausted, ``ResponseError`` for a
+misconfigured server) are passed through unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RedisEventError",
+    "RedisEventTimeoutError",
+    "RedisSemaphoreCountError",
+    "RedisSemaphoreCountMismatchError",
+    "RedisSemaphoreError",
+    "RedisSemaphoreLeaseLostError",
+    "RedisSemaphoreNotAcquiredError",
+    "RedisSemaphoreTimeoutError",
+    "RedsyncError",
+]
+
+
+class RedsyncError(Exception):
+    """Base class of every error raised by redsync."""
+
+
+class RedisSemaphoreError(RedsyncError):
+    """Base class of the errors raised by :class:`~redsync.RedisSemaphore`."""
+
+
+class RedisSemaphoreTimeoutError(RedisSemaphoreError, TimeoutError):
+    """``acquire()`` or ``attach()`` ran out of time.
+
+    It is also a builtin :class:`TimeoutError`, so code written against
+    ``asyncio.wait_for`` conventions catches it too.
+    """
+
+
+class RedisSemaphoreNotAcquiredError(RedisSemaphoreError):
+    """``release()`` was called on an instance that holds no permit."""
+
+
+class RedisSemaphoreLeaseLostError(RedisSemaphoreError):
+    """The permit being released was no longer held when it was released.
+
+    This happens when the holder's lease expired (its process stalled for
+    longer than ``lease_ttl``, or lost Redis for that long) and another
+    instance returned the permit to the pool, or when the semaphore was
+    re-created under a new generation while the permit was held.  Work done
+    under that permit may have overlapped with another holder.
+    """
+
+
+class RedisSemaphoreCountError(RedisSemaphoreError, ValueError):
+    """``count`` is not an integer from 1 to 4096."""
+
+    def __init__(self, count: object) -> None:
+        self.count = count
+        super().__init__(f"count must be an int from 1 to 4096, got {count!r}")
+
+
+class RedisSemaphoreCountMismatchError(RedisSemaphoreError):
+    """``create()`` asked for a different count than the existing semaphore has."""
+
+    def __init__(self, requested: int, actual: int) -> None:
+        self.requested = requested
+        self.actual = actual
+        super().__init__(
+            f"the semaphore already exists with count={actual}, but count={requested} "
+            "was requested; use the same count, use attach() to join with the existing "
+            "count, or pick another name"
+        )
+
+
+class RedisEventError(RedsyncError):
+    """Base class of the errors raised by :class:`~redsync.RedisEvent`."""
+
+
+class RedisEventTimeoutError(RedisEventError, TimeoutError):
+    """``wait()`` ran out of time before a signal arrived."""

@@ -1,0 +1,37 @@
+-- Return the permits of expired holders to the pool; keep the lanes of
+-- holders that are late but not yet expired alive until they are.
+-- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] lane of member i
+-- ARGV[1] ttl ms   ARGV[2] generation   ARGV[3] n   ARGV[3+i] member i
+-- Returns the number of permits returned, or -1 if the generation differs.
+local ttl = tonumber(ARGV[1])
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[2] then
+  return -1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix = ARGV[2] .. ':'
+local returned = 0
+for i = 1, tonumber(ARGV[3]) do
+  local key = KEYS[3 + i]
+  local member = ARGV[3 + i]
+  local score = redis.call('ZSCORE', KEYS[3], member)
+  if score then
+    if tonumber(score) <= now then
+      local tokens = redis.call('LRANGE', key, 1, -1)
+      for _, token in ipairs(tokens) do
+        if string.sub(token, 1, #prefix) == prefix then
+          redis.call('RPUSH', KEYS[2], token)
+          returned = returned + 1
+        end
+      end
+      redis.call('DEL', key)
+      redis.call('ZREM', KEYS[3], member)
+    else
+      redis.call('PEXPIRE', key, ttl)
+    end
+  end
+end
+if returned > 0 then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return returned

@@ -1,0 +1,68 @@
+-- One watchdog tick of one instance: renew the lease of its lanes and the
+-- TTL of the shared keys, re-establish the semaphore if its keys vanished,
+-- and report what the instance must act on.
+-- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] lane i
+-- ARGV[1] ttl ms   ARGV[2] count   ARGV[3] generation   ARGV[4] strategy
+-- ARGV[5] recovery window ms   ARGV[6] number of lanes n
+-- then for each lane: member, k, and the k tokens the instance holds on it.
+-- Returns {status, stale members, refill due (0/1), contents of lane 1, ...}
+-- where status is 'ok', 'restored' or 'stale' ({'stale', count, gen}).
+local ttl = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[6])
+local status = 'ok'
+local meta = redis.call('HMGET', KEYS[1], 'count', 'gen', 'recover')
+if not meta[1] then
+  local deadline = now + tonumber(ARGV[5])
+  redis.call('HSET', KEYS[1], 'count', ARGV[2], 'gen', ARGV[3], 'strategy', ARGV[4],
+    'recover', deadline)
+  meta = {ARGV[2], ARGV[3], tostring(deadline)}
+  status = 'restored'
+elseif meta[1] ~= ARGV[2] or meta[2] ~= ARGV[3] then
+  -- The semaphore was re-created under a new generation: what this
+  -- instance holds is void.  Drop its lanes and registrations.
+  local idx = 7
+  for i = 1, n do
+    redis.call('DEL', KEYS[3 + i])
+    redis.call('ZREM', KEYS[3], ARGV[idx])
+    idx = idx + 2 + tonumber(ARGV[idx + 1])
+  end
+  return {'stale', meta[1], meta[2]}
+end
+local recover = tonumber(meta[3] or '0')
+local out = {status, {}, 0}
+local idx = 7
+for i = 1, n do
+  local key = KEYS[3 + i]
+  local member = ARGV[idx]
+  local k = tonumber(ARGV[idx + 1])
+  local head = redis.call('LINDEX', key, 0)
+  if not head then
+    -- A lane always starts with an empty marker element, so that it exists
+    -- (and keeps its TTL) while holding no permit.
+    redis.call('RPUSH', key, '')
+    if recover ~= 0 then
+      -- Re-establishing after a loss: put back what this instance holds.
+      for j = 1, k do
+        redis.call('RPUSH', key, ARGV[idx + 1 + j])
+      end
+    end
+  elseif head ~= '' then
+    redis.call('LPUSH', key, '')
+  end
+  redis.call('ZADD', KEYS[3], now + ttl, member)
+  redis.call('PEXPIRE', key, ttl)
+  out[3 + i] = redis.call('LRANGE', key, 1, -1)
+  idx = idx + 2 + k
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+-- Members whose lease has run more than half out: their lanes must be kept
+-- alive until reclaimed (or reclaimed now, if expired).
+out[2] = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now + math.floor(ttl / 2))
+if recover ~= 0 and recover <= now then
+  out[3] = 1
+end
+return out

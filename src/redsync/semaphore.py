@@ -1,0 +1,633 @@
+"""A distributed counting semaphore with leases, for asyncio.
+
+How it works, in short (ARCHITECTURE.md has the details and invariants):
+
+* The pool is a Redis list of ``count`` permit tokens, each unique
+  (``<generation>:<index>``).  Acquiring moves a token with BLMOVE from the
+  pool into a *lane*: a list owned by this instance, registered with a lease
+  in the ``holders`` sorted set.  Releasing moves that token back, by
+  identity, in one script, so a repeated release cannot add a permit.
+* A watchdog renews the lease of the instance's lanes and the TTL of every
+  key, by the server's clock.  A lane whose lease ran out (its process died)
+  is emptied back into the pool by any surviving instance.
+* Many tasks waiting on one instance share at most ``min(count, 16)``
+  blocking connections; see :mod:`redsync._lanes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import _validate
+from ._keys import KeySpace
+from ._lanes import Dispatcher, Lane
+from ._link import Link, retrying, text
+from ._semaphore_ops import LaneState, LuaOps, SemaphoreOps, TxOps
+from ._watchdog import Watchdog
+from .exceptions import (
+    RedisSemaphoreCountError,
+    RedisSemaphoreCountMismatchError,
+    RedisSemaphoreError,
+    RedisSemaphoreLeaseLostError,
+    RedisSemaphoreNotAcquiredError,
+    RedisSemaphoreTimeoutError,
+)
+
+__all__ = [
+    "HolderInfo",
+    "RedisSemaphore",
+    "SemaphoreInitStrategy",
+    "SemaphoreStatistics",
+]
+
+log = logging.getLogger("redsync")
+
+MAX_COUNT = 4096
+#: Most blocking connections one instance uses, however many tasks wait.
+MAX_LANES = 16
+#: Longest single server-side block; a wait is a series of these.
+MAX_BLOCK = 60.0
+#: How much longer than its server-side timeout a blocking read may take.
+READ_GRACE = 5.0
+
+
+class SemaphoreInitStrategy(str, enum.Enum):
+    """How the semaphore's state is changed in Redis.
+
+    ``LUA`` (the default) runs each change as one atomic script.
+    ``OPTIMISTIC_LOCKING`` uses WATCH + MULTI/EXEC with retries and sends no
+    EVAL/EVALSHA/FCALL at all, for servers or ACL users without scripting.
+    The creator's choice is stored with the semaphore and followed by
+    instances that ``attach()``.
+    """
+
+    LUA = "lua"
+    OPTIMISTIC_LOCKING = "optimistic_locking"
+
+
+@dataclass(frozen=True)
+class HolderInfo:
+    """One instance holding permits, as Redis sees it."""
+
+    instance: str
+    permits: int
+    lease_remaining: float
+
+
+@dataclass(frozen=True)
+class SemaphoreStatistics:
+    """A snapshot from :meth:`RedisSemaphore.statistics`."""
+
+    name: str
+    count: int
+    available: int
+    holders: tuple[HolderInfo, ...]
+    held_here: int
+    tasks_waiting: int
+    lanes_active: int
+    leases_lost: int
+
+
+@dataclass(eq=False)
+class _Holding:
+    token: str
+    lane: Lane
+    owner: asyncio.Task[Any] | None = None
+    lost: bool = False
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise RedisSemaphoreCountError(value)
+    return value
+
+
+def _strategy(value: object) -> SemaphoreInitStrategy:
+    try:
+        return SemaphoreInitStrategy(value)
+    except ValueError:
+        allowed = ", ".join(repr(s.value) for s in SemaphoreInitStrategy)
+        raise ValueError(
+            f"semaphore_init_strategy must be a SemaphoreInitStrategy ({allowed}), got {value!r}"
+        ) from None
+
+
+class RedisSemaphore:
+    """A semaphore shared by every process that uses the same Redis, name and prefix.
+
+    Build one with :meth:`create` (makes the semaphore if needed) or
+    :meth:`attach` (joins one somebody else made), then use it like
+    :class:`asyncio.Semaphore`::
+
+        sem = await RedisSemaphore.create(redis, "gpu", count=4)
+        async with sem:
+            ...  # at most 4 holders across all processes
+        await sem.close()
+
+    One instance may be shared by any number of tasks.  Permits held by a
+    process that dies return to the pool at most ``lease_ttl`` plus one
+    renewal period later.  Call :meth:`close` when done, to stop the
+    background renewal.
+    """
+
+    def __init__(
+        self,
+        redis_client: Redis,
+        name: str,
+        *,
+        meta_count: int,
+        gen: str,
+        strategy: SemaphoreInitStrategy,
+        lease_ttl: float,
+        keys: KeySpace,
+        link: Link,
+    ) -> None:
+        self.name = name
+        self._client = redis_client
+        self._link = link
+        self._keys = keys
+        self._count = meta_count
+        self._gen = gen
+        self.strategy = strategy
+        self.lease_ttl = lease_ttl
+        self._ttl_ms = max(1, round(lease_ttl * 1000))
+        self._block = round(min(lease_ttl * 0.45, MAX_BLOCK), 3)
+        self._ops: SemaphoreOps = (
+            LuaOps(link, keys) if strategy is SemaphoreInitStrategy.LUA else TxOps(link, keys)
+        )
+        self._instance = uuid.uuid4().hex[:16]
+        lanes = [
+            Lane(i, self._ops_lane_key(f"{self._instance}.{i}"), f"{self._instance}.{i}")
+            for i in range(min(meta_count, MAX_LANES))
+        ]
+        self._held: dict[str, _Holding] = {}
+        self._releasing: dict[str, Lane] = {}
+        self._dispatcher: Dispatcher[str] = Dispatcher(link, self, lanes, self._closed_error)
+        self._sync_lock = asyncio.Lock()
+        self._last_renew = -1e18
+        self._closed = False
+        self._leases_lost = 0
+        self._lost_event = asyncio.Event()
+        self._lost_callbacks: list[Callable[[], object]] = []
+        self._watchdog = Watchdog(lease_ttl / 3, self._renew, f"semaphore {name!r} renewal")
+        self._watchdog.start()
+
+    def _ops_lane_key(self, member: str) -> str:
+        return self._keys.key(f"lane:{member}")
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        redis_client: Redis,
+        name: str,
+        *,
+        count: int = 1,
+        lease_ttl: float = 300.0,
+        semaphore_init_strategy: SemaphoreInitStrategy = SemaphoreInitStrategy.LUA,
+        key_prefix: str = "redsync:semaphore",
+    ) -> RedisSemaphore:
+        """Create the semaphore ``name`` with ``count`` permits, or join it.
+
+        Idempotent: the first caller fills the pool atomically; later callers
+        with the same ``count`` join it.  A different ``count`` raises
+        :class:`RedisSemaphoreCountMismatchError`.  ``lease_ttl`` (seconds,
+        fractions honoured to the millisecond) is how long the keys and this
+        instance's permits outlive it if it crashes.
+        """
+        _validate.client(redis_client)
+        _validate.name(name)
+        _validate.name(key_prefix, "key_prefix")
+        count = _count(count)
+        ttl = _validate.lease_ttl(lease_ttl)
+        strategy = _strategy(semaphore_init_strategy)
+        keys = KeySpace(key_prefix, name)
+        link = Link(redis_client)
+        ops: SemaphoreOps = (
+            LuaOps(link, keys) if strategy is SemaphoreInitStrategy.LUA else TxOps(link, keys)
+        )
+        gen = uuid.uuid4().hex[:12]
+        ttl_ms = max(1, round(ttl * 1000))
+
+        async def init(_: bool) -> Any:
+            return await ops.init(count, ttl_ms, gen, strategy.value)
+
+        meta = await retrying(init, what="semaphore create")
+        if meta.count != count:
+            raise RedisSemaphoreCountMismatchError(count, meta.count)
+        return cls(
+            redis_client,
+            name,
+            meta_count=meta.count,
+            gen=meta.gen,
+            strategy=_strategy(meta.strategy),
+            lease_ttl=ttl,
+            keys=keys,
+            link=link,
+        )
+
+    @classmethod
+    async def attach(
+        cls,
+        redis_client: Redis,
+        name: str,
+        *,
+        timeout: float | None = 60.0,
+        lease_ttl: float = 300.0,
+        key_prefix: str = "redsync:semaphore",
+    ) -> RedisSemaphore:
+        """Join the semaphore ``name`` once somebody has created it.
+
+        Never creates anything.  Waits up to ``timeout`` seconds (``None``:
+        forever; ``<= 0``: one look) for a creator, then raises
+        :class:`RedisSemaphoreTimeoutError`.  The count and the init
+        strategy are taken from the semaphore itself.
+        """
+        _validate.client(redis_client)
+        _validate.name(name)
+        _validate.name(key_prefix, "key_prefix")
+        wait = _validate.timeout(timeout)
+        ttl = _validate.lease_ttl(lease_ttl)
+        keys = KeySpace(key_prefix, name)
+        link = Link(redis_client)
+        reader = LuaOps(link, keys)
+        loop = asyncio.get_running_loop()
+        deadline = None if wait is None else loop.time() + wait
+        delay = 0.01
+        while True:
+
+            async def look(_: bool) -> Any:
+                return await reader.meta()
+
+            meta = await retrying(look, what="semaphore attach")
+            if meta is not None:
+                return cls(
+                    redis_client,
+                    name,
+                    meta_count=meta.count,
+                    gen=meta.gen,
+                    strategy=_strategy(meta.strategy),
+                    lease_ttl=ttl,
+                    keys=keys,
+                    link=link,
+                )
+            if deadline is not None and loop.time() >= deadline:
+                raise RedisSemaphoreTimeoutError(
+                    f"no semaphore named {name!r} was created within {timeout} s "
+                    "(attach() never creates one; call create() somewhere first)"
+                )
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - loop.time()))
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, 0.25)
+
+    # -- the asyncio.Semaphore-like API --------------------------------------
+
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Take one permit, waiting up to ``timeout`` seconds.
+
+        ``None`` waits as long as it takes; ``0`` or less makes one attempt
+        that does not block.  Raises :class:`RedisSemaphoreTimeoutError` when
+        time runs out.  Cancelling the call at any point neither loses a
+        permit nor leaves one held by nobody.
+        """
+        wait = _validate.timeout(timeout)
+        while True:
+            if wait == 0:
+                token = await self._dispatcher.try_get()
+                if token is None:
+                    raise RedisSemaphoreTimeoutError(f"semaphore {self.name!r}: no permit was free")
+            else:
+                token = await self._dispatcher.get(wait, lambda: self._timeout_error(timeout))
+            holding = self._held.get(token)
+            if holding is not None and not holding.lost:
+                holding.owner = asyncio.current_task()
+                return
+            # The lease of this token was found lost between the hand-off and
+            # now: it is not ours to use.  Try again.
+            self._held.pop(token, None)
+
+    async def release(self) -> None:
+        """Return one permit held by this instance (preferably one taken by this task).
+
+        Raises :class:`RedisSemaphoreNotAcquiredError` when the instance holds
+        none, and :class:`RedisSemaphoreLeaseLostError` when the permit had
+        been taken back because its lease ran out.  The permit is returned
+        exactly once even if this call is cancelled or the connection drops.
+        """
+        holding = self._pick()
+        if holding is None:
+            raise RedisSemaphoreNotAcquiredError(
+                f"semaphore {self.name!r}: release() called, but this instance holds no "
+                "permit; call acquire() (or use 'async with') first"
+            )
+        del self._held[holding.token]
+        if holding.lost:
+            raise self._lost_error()
+        task = asyncio.ensure_future(self._return(holding))
+        self._dispatcher.background(task)
+        result = await asyncio.shield(task)
+        if result in (0, -2):
+            self._mark_lost(holding)
+            raise self._lost_error()
+
+    async def get_count(self) -> int | None:
+        """The semaphore's count as stored in Redis, or None if it does not exist."""
+        meta = await LuaOps(self._link, self._keys).meta()
+        return None if meta is None else meta.count
+
+    async def close(self) -> None:
+        """Stop the renewal task and the blocking connections; returns within about a second.
+
+        Tasks still waiting in :meth:`acquire` get a :class:`RedisSemaphoreError`.
+        Permits still held stay valid until their lease runs out and can be
+        released as usual; after that other instances reclaim them.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await self._watchdog.stop(grace=0.3)
+        await self._dispatcher.close(grace=0.3)
+        idle = [
+            lane.member
+            for lane in self._dispatcher.lanes
+            if lane.registered and not any(h.lane is lane for h in self._held.values())
+        ]
+        if idle:
+            try:
+                await asyncio.wait_for(self._ops.deregister(idle), 0.3)
+            except Exception as exc:  # the lanes expire on their own
+                log.debug("deregistering %s failed: %r", idle, exc)
+
+    async def __aenter__(self) -> RedisSemaphore:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.release()
+
+    # -- lost leases ----------------------------------------------------------
+
+    def add_lease_lost_callback(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` whenever a permit held here is found to be lost."""
+        self._lost_callbacks.append(callback)
+
+    async def wait_lease_lost(self) -> None:
+        """Return once any permit held by this instance has been found lost.
+
+        Run it beside long critical sections (for example in a task group)
+        to stop work whose exclusivity can no longer be guaranteed.
+        """
+        await self._lost_event.wait()
+
+    def locked(self) -> bool:
+        """True if tasks of this instance are waiting (like asyncio.Semaphore.locked)."""
+        return self._dispatcher.waiting > 0
+
+    async def statistics(self) -> SemaphoreStatistics:
+        """Count, free permits, live holders with their remaining lease, and local state."""
+        holders_key = self._keys.key("holders")
+        replies = await self._link.pipeline(
+            [
+                ("TIME",),
+                ("LLEN", self._keys.key("pool")),
+                ("ZRANGE", holders_key, 0, -1, "WITHSCORES"),
+            ]
+        )
+        now = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
+        flat = replies[2]
+        pairs: list[tuple[str, float]] = []
+        if flat and isinstance(flat[0], (list, tuple)):  # RESP3
+            pairs = [(text(m), float(s)) for m, s in flat]
+        else:
+            pairs = [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        lengths = (
+            await self._link.pipeline([("LLEN", self._ops_lane_key(m)) for m, _ in pairs])
+            if pairs
+            else []
+        )
+        per_instance: dict[str, tuple[int, float]] = {}
+        for (member, score), length in zip(pairs, lengths):
+            instance = member.rsplit(".", 1)[0]
+            permits, remaining = per_instance.get(instance, (0, 0.0))
+            per_instance[instance] = (
+                permits + max(0, int(length) - 1),
+                max(remaining, (score - now) / 1000),
+            )
+        holders = tuple(HolderInfo(i, p, r) for i, (p, r) in sorted(per_instance.items()) if p > 0)
+        return SemaphoreStatistics(
+            name=self.name,
+            count=self._count,
+            available=int(replies[1]),
+            holders=holders,
+            held_here=len(self._held),
+            tasks_waiting=self._dispatcher.waiting,
+            lanes_active=self._dispatcher.active_lanes,
+            leases_lost=self._leases_lost,
+        )
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id, as it appears in :attr:`HolderInfo.instance`."""
+        return self._instance
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisSemaphore {self.name!r} count={self._count} held_here={len(self._held)} "
+            f"waiting={self._dispatcher.waiting}{' closed' if self._closed else ''}>"
+        )
+
+    # -- lanes (called by the dispatcher) -----------------------------------
+
+    async def pull(self, lane: Lane, block: bool) -> str | None:
+        loop = asyncio.get_running_loop()
+        if not lane.registered or lane.dirty or loop.time() - self._last_renew > self.lease_ttl / 2:
+            # Never block on a lane that is not (freshly) leased: a permit
+            # moved into it could otherwise outlive the lease unnoticed.
+            await self._sync()
+        if lane.conn is None:
+            lane.conn = await self._link.borrow()
+        conn = lane.conn
+        pool = self._keys.key("pool")
+        if block:
+            await self._link.client_id(conn)
+            command: tuple[Any, ...] = ("BLMOVE", pool, lane.key, "LEFT", "RIGHT", self._block)
+        else:
+            command = ("LMOVE", pool, lane.key, "LEFT", "RIGHT")
+        lane.busy = True
+        lane.blocked = block
+        lane.epoch += 1
+        try:
+            (reply,) = await self._link.run(conn, [command], read_timeout=self._block + READ_GRACE)
+        except BaseException:
+            lane.dirty = True
+            self._watchdog.kick()
+            raise
+        finally:
+            lane.busy = False
+            lane.blocked = False
+        if reply is None:
+            return None
+        token = text(reply)
+        self._held[token] = _Holding(token, lane)
+        return token
+
+    async def give_back(self, lane: Lane, item: str) -> None:
+        holding = self._held.pop(item, None)
+        if holding is not None and not holding.lost:
+            await self._return(holding)
+
+    # -- internals ------------------------------------------------------------
+
+    def _pick(self) -> _Holding | None:
+        current = asyncio.current_task()
+        fallback: _Holding | None = None
+        for holding in reversed(self._held.values()):
+            if holding.owner is current:
+                return holding
+            if holding.owner is not None:
+                fallback = holding
+        return fallback
+
+    async def _return(self, holding: _Holding) -> int:
+        token = holding.token
+        gen = token.rsplit(":", 1)[0]
+        self._releasing[token] = holding.lane
+
+        async def release(ambiguous: bool) -> int:
+            result = await self._ops.release(holding.lane.key, token, gen, self._ttl_ms)
+            # After a lost reply, "not held" most likely means our first
+            # attempt went through.
+            return 1 if ambiguous and result == 0 else result
+
+        try:
+            return await retrying(release, what="semaphore release")
+        finally:
+            del self._releasing[token]
+
+    def _closed_error(self) -> RedisSemaphoreError:
+        return RedisSemaphoreError(f"semaphore {self.name!r} is closed")
+
+    def _timeout_error(self, timeout: object) -> RedisSemaphoreTimeoutError:
+        return RedisSemaphoreTimeoutError(f"semaphore {self.name!r}: no permit within {timeout} s")
+
+    def _lost_error(self) -> RedisSemaphoreLeaseLostError:
+        return RedisSemaphoreLeaseLostError(
+            f"semaphore {self.name!r}: the permit's lease had expired and it was reclaimed "
+            "before release(); raise lease_ttl above the longest stall of this process"
+        )
+
+    def _mark_lost(self, holding: _Holding) -> None:
+        if holding.lost:
+            return
+        holding.lost = True
+        self._leases_lost += 1
+        self._lost_event.set()
+        log.warning("semaphore %r: a permit held by this instance was lost", self.name)
+        for callback in self._lost_callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("lease-lost callback failed")
+
+    async def _sync(self) -> None:
+        """Renew now (registering new lanes), unless a renewal just did."""
+        async with self._sync_lock:
+            if (
+                all(
+                    lane.registered and not lane.dirty
+                    for lane in self._dispatcher.lanes
+                    if lane.task is not None or lane.busy
+                )
+                and asyncio.get_running_loop().time() - self._last_renew < self.lease_ttl / 4
+            ):
+                return
+            await retrying(lambda _: self._renew_once(), what="semaphore renewal")
+
+    async def _renew(self) -> None:
+        async with self._sync_lock:
+            await self._renew_once()
+
+    async def _renew_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        lanes = [
+            lane
+            for lane in self._dispatcher.lanes
+            if lane.registered or lane.task is not None or lane.busy or lane.dirty
+        ]
+        snapshot = []
+        states = []
+        for lane in lanes:
+            held = [h.token for h in self._held.values() if h.lane is lane and not h.lost]
+            releasing = [t for t, ln in self._releasing.items() if ln is lane]
+            snapshot.append((lane.epoch, lane.busy, held))
+            states.append(LaneState(lane.member, lane.key, held + releasing))
+        result = await self._ops.renew(
+            states,
+            self._count,
+            self._gen,
+            self.strategy.value,
+            self._ttl_ms,
+            round(self.lease_ttl * 1000 * 0.45),
+        )
+        if result.status == "stale":
+            log.warning(
+                "semaphore %r was re-created (generation %s -> %s); permits held here are lost",
+                self.name,
+                self._gen,
+                result.gen,
+            )
+            for holding in list(self._held.values()):
+                self._mark_lost(holding)
+            self._gen = result.gen
+            for lane in lanes:
+                lane.registered = False
+            self._watchdog.kick()
+            return
+        if result.status == "restored":
+            log.warning("semaphore %r: keys were missing; re-established them", self.name)
+        for lane, (epoch, busy, held), contents in zip(lanes, snapshot, result.lanes):
+            lane.registered = True
+            present = set(contents)
+            for token in held:
+                still = self._held.get(token)
+                if still is not None and token not in present:
+                    self._mark_lost(still)
+            if lane.epoch == epoch and not busy and not lane.busy:
+                # No move ran on this lane since the snapshot: a token in it
+                # that nobody here knows of is an orphan (a reply was lost).
+                for token in contents:
+                    if token not in self._held and token not in self._releasing:
+                        self._held[token] = _Holding(token, lane)
+                        self._dispatcher.offer_or_return(lane, token)
+                lane.dirty = False
+        self._last_renew = sent_at
+        if result.stale_members:
+            returned = await self._ops.reclaim(result.stale_members, self._gen, self._ttl_ms)
+            if returned > 0:
+                log.info(
+                    "semaphore %r: reclaimed %d permit(s) of dead holders", self.name, returned
+                )
+        if result.refill_due:
+            await self._refill()
+
+    async def _refill(self) -> None:
+        holders_key = self._keys.key("holders")
+        for _ in range(5):
+            members = [text(m) for m in await self._link.call("ZRANGE", holders_key, 0, -1)]
+            minted = await self._ops.refill(members, self._count, self._gen, self._ttl_ms)
+            if minted != -2:
+                if minted > 0:
+                    log.info(
+                        "semaphore %r: recovery done, %d permit(s) re-created", self.name, minted
+                    )
+                return
