@@ -169,7 +169,9 @@ class RedisSemaphore:
             for i in range(min(meta_count, MAX_LANES))
         ]
         self._held: dict[str, _Holding] = {}
-        self._releasing: dict[str, Lane] = {}
+        #: Tokens whose release is in flight (a token can be re-acquired, by a
+        #: lane of ours, before the reply of its release arrives).
+        self._releasing: dict[str, list[Lane]] = {}
         self._dispatcher: Dispatcher[str] = Dispatcher(link, self, lanes, self._closed_error)
         self._sync_lock = asyncio.Lock()
         self._last_renew = -1e18
@@ -500,7 +502,7 @@ class RedisSemaphore:
     async def _return(self, holding: _Holding) -> int:
         token = holding.token
         gen = token.rsplit(":", 1)[0]
-        self._releasing[token] = holding.lane
+        self._releasing.setdefault(token, []).append(holding.lane)
 
         async def release(ambiguous: bool) -> int:
             result = await self._ops.release(holding.lane.key, token, gen, self._ttl_ms)
@@ -511,7 +513,10 @@ class RedisSemaphore:
         try:
             return await retrying(release, what="semaphore release")
         finally:
-            del self._releasing[token]
+            lanes = self._releasing[token]
+            lanes.remove(holding.lane)
+            if not lanes:
+                del self._releasing[token]
 
     def _closed_error(self) -> RedisSemaphoreError:
         return RedisSemaphoreError(f"semaphore {self.name!r} is closed")
@@ -568,7 +573,7 @@ class RedisSemaphore:
         states = []
         for lane in lanes:
             held = [h.token for h in self._held.values() if h.lane is lane and not h.lost]
-            releasing = [t for t, ln in self._releasing.items() if ln is lane]
+            releasing = [t for t, lns in self._releasing.items() if lane in lns]
             snapshot.append((lane.epoch, lane.busy, held))
             states.append(LaneState(lane.member, lane.key, held + releasing))
         result = await self._ops.renew(

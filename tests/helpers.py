@@ -1,0 +1,47 @@
+"""Assertions about what Redis holds for a semaphore, shared by the semaphore tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from redsync._keys import KeySpace
+
+PREFIX = "redsync:semaphore"
+
+
+def keyspace(name: str, prefix: str = PREFIX) -> KeySpace:
+    return KeySpace(prefix, name)
+
+
+async def keys_of(client: aioredis.Redis, name: str) -> list[str]:
+    """Every key in Redis whose name contains ``name`` (tests use unique names)."""
+    found = [k.decode() if isinstance(k, bytes) else k async for k in client.scan_iter(f"*{name}*")]
+    return sorted(found)
+
+
+async def tokens(client: aioredis.Redis, name: str, prefix: str = PREFIX) -> dict[str, list[str]]:
+    """Where every permit token is: ``{"pool": [...], "<lane key>": [...]}``."""
+    ks = keyspace(name, prefix)
+    where: dict[str, list[str]] = {}
+    pool = await client.lrange(ks.key("pool"), 0, -1)
+    where["pool"] = [t.decode() for t in pool]
+    for key in await keys_of(client, name):
+        if ":lane:" in key:
+            items = await client.lrange(key, 0, -1)
+            assert items and items[0] == b"", f"lane {key} lacks its marker: {items!r}"
+            where[key] = [t.decode() for t in items[1:]]
+    return where
+
+
+async def assert_permits(
+    client: aioredis.Redis, name: str, count: int, *, free: int | None = None, **kw: Any
+) -> None:
+    """Exactly ``count`` distinct tokens exist (no loss, no duplicate)."""
+    where = await tokens(client, name, **kw)
+    every = [t for items in where.values() for t in items]
+    assert len(every) == count, f"expected {count} permits, found {where}"
+    assert len(set(every)) == count, f"duplicated permit in {where}"
+    if free is not None:
+        assert len(where["pool"]) == free, f"expected {free} free permits, found {where}"
