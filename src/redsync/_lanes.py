@@ -190,6 +190,7 @@ class Dispatcher(Generic[T]):
 
     async def _run(self, lane: Lane) -> None:
         delay = 0.02
+        cancelled = False
         try:
             while not self._closed and self._active <= self.waiting:
                 try:
@@ -203,7 +204,8 @@ class Dispatcher(Generic[T]):
                 if item is not None:
                     self.offer_or_return(lane, item)
         except asyncio.CancelledError:
-            pass
+            cancelled = True
+            raise
         except Exception:  # a bug or a misconfigured server: wake the waiters with it
             log.exception("redsync lane %s stopped", lane.key)
             self._fail_all_if_idle()
@@ -213,8 +215,9 @@ class Dispatcher(Generic[T]):
             lane.task = None
             lane.blocked = False
             await self._park(lane)
-            # A waiter may have arrived between the loop test and here.
-            if not self._closed:
+            # A waiter may have arrived between the loop test and here (but a
+            # cancelled lane must not start another: its loop is shutting down).
+            if not self._closed and not cancelled:
                 self._spawn()
 
     def _fail_all_if_idle(self) -> None:

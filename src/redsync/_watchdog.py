@@ -24,7 +24,8 @@ class Watchdog:
         self.period = period
         self._tick = tick
         self._what = what
-        self._kicked = asyncio.Event()
+        self._kicked = False
+        self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
         self.ticks = 0
@@ -34,7 +35,9 @@ class Watchdog:
 
     def kick(self) -> None:
         """Run the next tick now instead of at the end of the period."""
-        self._kicked.set()
+        self._kicked = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     @property
     def running(self) -> bool:
@@ -53,11 +56,18 @@ class Watchdog:
                 delay = min(0.05 * 2 ** (self.failures - 1), self.period)
             else:
                 delay = self.period * random.uniform(0.8, 1.2)
-            try:
-                await asyncio.wait_for(self._kicked.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
-            self._kicked.clear()
+            if not self._kicked:
+                # A plain future and timer rather than wait_for(): wait_for can
+                # swallow a cancellation that races its timeout on 3.10/3.11.
+                loop = asyncio.get_running_loop()
+                self._wake = wake = loop.create_future()
+                timer = loop.call_later(delay, _wake_up, wake)
+                try:
+                    await wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
+            self._kicked = False
             try:
                 await self._tick()
             except asyncio.CancelledError:
@@ -68,3 +78,8 @@ class Watchdog:
             else:
                 self.failures = 0
                 self.ticks += 1
+
+
+def _wake_up(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

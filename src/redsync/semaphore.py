@@ -572,10 +572,10 @@ class RedisSemaphore:
         snapshot = []
         states = []
         for lane in lanes:
-            held = [h.token for h in self._held.values() if h.lane is lane and not h.lost]
+            held = [h for h in self._held.values() if h.lane is lane and not h.lost]
             releasing = [t for t, lns in self._releasing.items() if lane in lns]
             snapshot.append((lane.epoch, lane.busy, held))
-            states.append(LaneState(lane.member, lane.key, held + releasing))
+            states.append(LaneState(lane.member, lane.key, [h.token for h in held] + releasing))
         result = await self._ops.renew(
             states,
             self._count,
@@ -603,10 +603,11 @@ class RedisSemaphore:
         for lane, (epoch, busy, held), contents in zip(lanes, snapshot, result.lanes):
             lane.registered = True
             present = set(contents)
-            for token in held:
-                still = self._held.get(token)
-                if still is not None and token not in present:
-                    self._mark_lost(still)
+            for holding in held:
+                # Only a holding that was held throughout the renewal can be
+                # judged: a token released and re-acquired meanwhile is a new one.
+                if self._held.get(holding.token) is holding and holding.token not in present:
+                    self._mark_lost(holding)
             if lane.epoch == epoch and not busy and not lane.busy:
                 # No move ran on this lane since the snapshot: a token in it
                 # that nobody here knows of is an orphan (a reply was lost).

@@ -1,0 +1,509 @@
+"""RedisSemaphore under real faults: killed and frozen processes, cancellations,
+killed connections, lost replies, server restarts and flushes, READONLY."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from _infra import wait_until
+from _infra.proxy import FaultProxy
+from _infra.servers import RedisServer
+from helpers import assert_permits, keyspace, tokens
+from redsync import (
+    RedisSemaphore,
+    RedisSemaphoreLeaseLostError,
+    RedisSemaphoreTimeoutError,
+    SemaphoreInitStrategy,
+)
+
+HOLDER = str(Path(__file__).parent / "workers" / "holder.py")
+
+
+@pytest.fixture(params=list(SemaphoreInitStrategy), ids=lambda s: s.value)
+def strategy(request: pytest.FixtureRequest) -> SemaphoreInitStrategy:
+    return request.param  # type: ignore[no-any-return]
+
+
+class Holder:
+    """A worker process that holds permits (tests/workers/holder.py)."""
+
+    def __init__(self, url: str, name: str, count: int, ttl: float, permits: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, HOLDER, url, name, str(count), str(ttl), str(permits)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    async def line(self, timeout: float = 20) -> str:
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        read = loop.run_in_executor(None, self.proc.stdout.readline)
+        return (await asyncio.wait_for(read, timeout)).strip()
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+async def holders() -> AsyncIterator[Callable[..., Holder]]:
+    started: list[Holder] = []
+
+    def start(*args: Any) -> Holder:
+        holder = Holder(*args)
+        started.append(holder)
+        return holder
+
+    yield start
+    for holder in started:
+        holder.stop()
+
+
+async def test_permits_of_a_sigkilled_process_return_within_the_lease(
+    redis_url: str, redis: aioredis.Redis, unique_name: str, holders: Callable[..., Holder]
+) -> None:
+    ttl = 1.0
+    survivor = await RedisSemaphore.create(redis, unique_name, count=3, lease_ttl=ttl)
+    holder = holders(redis_url, unique_name, 3, ttl, 2)
+    assert (await holder.line()).startswith("held")
+    await survivor.acquire()
+    with pytest.raises(RedisSemaphoreTimeoutError):
+        await survivor.acquire(timeout=0)
+    os.kill(holder.proc.pid, signal.SIGKILL)
+    holder.proc.wait(10)
+    killed_at = time.perf_counter()
+    await survivor.acquire(timeout=10)
+    await survivor.acquire(timeout=10)
+    recovered = time.perf_counter() - killed_at
+    # The lease runs out at most ttl after the kill; a watchdog tick of the
+    # survivor follows within one period (ttl/3 + 20 % jitter).
+    assert recovered <= ttl + ttl / 3 * 1.2 + 0.5, recovered
+    await assert_permits(redis, unique_name, 3, free=0)
+    for _ in range(3):
+        await survivor.release()
+    await survivor.close()
+    await assert_permits(redis, unique_name, 3, free=3)
+
+
+async def test_a_frozen_holder_learns_its_lease_was_lost(
+    redis_url: str, redis: aioredis.Redis, unique_name: str, holders: Callable[..., Holder]
+) -> None:
+    ttl = 0.6
+    survivor = await RedisSemaphore.create(redis, unique_name, count=1, lease_ttl=ttl)
+    holder = holders(redis_url, unique_name, 1, ttl, 1)
+    assert (await holder.line()).startswith("held")
+    os.kill(holder.proc.pid, signal.SIGSTOP)  # a stall far longer than the lease
+    try:
+        await survivor.acquire(timeout=10)  # the permit is reclaimed meanwhile
+    finally:
+        os.kill(holder.proc.pid, signal.SIGCONT)
+    holder.send("release")
+    assert await holder.line() == "RedisSemaphoreLeaseLostError"
+    lost_line = await holder.line()
+    assert lost_line.startswith("lost-callbacks")
+    assert await holder.line() == "done"
+    # The holder's late release did not add a permit: exactly one exists, ours.
+    await assert_permits(redis, unique_name, 1, free=0)
+    await survivor.release()
+    await survivor.close()
+    await assert_permits(redis, unique_name, 1, free=1)
+
+
+async def test_cancellation_storm_loses_and_duplicates_nothing(
+    redis_factory: Callable[..., aioredis.Redis], unique_name: str, strategy: SemaphoreInitStrategy
+) -> None:
+    count = 3
+    sems = [
+        await RedisSemaphore.create(
+            redis_factory(), unique_name, count=count, semaphore_init_strategy=strategy
+        )
+        for _ in range(3)
+    ]
+    rng = random.Random(1234)
+    inside = peak = acquired = cancelled = timeouts = 0
+    stop = time.perf_counter() + 4.0
+
+    async def cycle(sem: RedisSemaphore) -> None:
+        nonlocal inside, peak, acquired
+        async with sem:
+            inside += 1
+            peak = max(peak, inside)
+            acquired += 1
+            try:
+                await asyncio.sleep(rng.random() * 0.003)
+            finally:
+                inside -= 1
+
+    async def worker(sem: RedisSemaphore) -> None:
+        nonlocal cancelled, timeouts, inside, peak, acquired
+        while time.perf_counter() < stop:
+            mode = rng.random()
+            if mode < 0.3:
+                try:
+                    await asyncio.wait_for(cycle(sem), rng.random() * 0.004)
+                except asyncio.TimeoutError:
+                    cancelled += 1
+            elif mode < 0.6:
+                try:
+                    await sem.acquire(timeout=rng.random() * 0.004)
+                except RedisSemaphoreTimeoutError:
+                    timeouts += 1
+                    continue
+                inside += 1
+                peak = max(peak, inside)
+                acquired += 1
+                inside -= 1
+                await sem.release()
+            else:
+                task = asyncio.ensure_future(cycle(sem))
+                await asyncio.sleep(rng.random() * 0.004)
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    cancelled += 1
+
+    await asyncio.wait_for(asyncio.gather(*(worker(s) for s in sems for _ in range(8))), 60)
+    assert peak <= count
+    assert acquired > 100 and cancelled > 50 and timeouts > 10, (acquired, cancelled, timeouts)
+    # Tokens handed to nobody are returned in the background: wait for quiet.
+    client = sems[0]._client
+
+    async def settled() -> bool:
+        return len((await tokens(client, unique_name))["pool"]) == count
+
+    await wait_until(settled, timeout=10)
+    for sem in sems:
+        assert (await sem.statistics()).held_here == 0
+        await sem.close()
+    await assert_permits(client, unique_name, count, free=count)
+
+
+async def test_killed_connections_lose_and_duplicate_nothing(
+    redis_factory: Callable[..., aioredis.Redis], redis: aioredis.Redis, unique_name: str
+) -> None:
+    count = 2
+    client_name = f"victim-{unique_name}"
+    sems = [
+        await RedisSemaphore.create(
+            redis_factory(client_name=client_name), unique_name, count=count, lease_ttl=2
+        )
+        for _ in range(3)
+    ]
+    inside = peak = acquired = 0
+    stop = time.perf_counter() + 4.0
+    kills = 0
+
+    async def worker(sem: RedisSemaphore) -> None:
+        nonlocal inside, peak, acquired
+        while time.perf_counter() < stop:
+            try:
+                await sem.acquire(timeout=1)
+            except RedisSemaphoreTimeoutError:
+                continue
+            inside += 1
+            peak = max(peak, inside)
+            acquired += 1
+            await asyncio.sleep(0.002)
+            inside -= 1
+            try:
+                await sem.release()
+            except RedisSemaphoreLeaseLostError:  # pragma: no cover - must not happen
+                raise
+
+    async def killer() -> None:
+        nonlocal kills
+        rng = random.Random(7)
+        while time.perf_counter() < stop:
+            await asyncio.sleep(rng.random() * 0.05)
+            for fields in await redis.client_list():
+                if fields.get("name") == client_name and rng.random() < 0.3:
+                    await redis.execute_command("CLIENT", "KILL", "ID", fields["id"])
+                    kills += 1
+
+    await asyncio.wait_for(
+        asyncio.gather(killer(), *(worker(s) for s in sems for _ in range(4))), 60
+    )
+    assert peak <= count
+    assert kills > 20 and acquired > 50, (kills, acquired)
+    # A move whose reply died with its connection is found by the next
+    # renewal and handed on: after that, every permit is back.
+    for sem in sems:
+        sem._watchdog.kick()
+
+    async def settled() -> bool:
+        return len((await tokens(redis, unique_name))["pool"]) == count
+
+    await wait_until(settled, timeout=15)
+    for sem in sems:
+        await sem.close()
+    await assert_permits(redis, unique_name, count, free=count)
+
+
+async def test_a_lost_release_reply_does_not_duplicate_the_permit(
+    fault_proxy: FaultProxy,
+    redis_url: str,
+    redis_factory: Callable[..., aioredis.Redis],
+    redis: aioredis.Redis,
+    unique_name: str,
+    strategy: SemaphoreInitStrategy,
+) -> None:
+    client = redis_factory(fault_proxy.rewrite(redis_url))
+    sem = await RedisSemaphore.create(
+        client, unique_name, count=2, semaphore_init_strategy=strategy
+    )
+    await sem.acquire()
+    # The release takes effect on the server, its reply is dropped and the
+    # connection cut: the library must retry without pushing a second token.
+    marker = b":1\r\n" if strategy is SemaphoreInitStrategy.LUA else b"*3\r\n"
+    fault_proxy.swallow_next_reply(marker)
+    await sem.release()
+    assert fault_proxy.swallowed == 1
+    await assert_permits(redis, unique_name, 2, free=2)
+    await sem.close()
+
+
+async def test_a_lost_acquire_reply_is_recovered_not_leaked(
+    fault_proxy: FaultProxy,
+    redis_url: str,
+    redis_factory: Callable[..., aioredis.Redis],
+    redis: aioredis.Redis,
+    unique_name: str,
+) -> None:
+    client = redis_factory(fault_proxy.rewrite(redis_url))
+    sem = await RedisSemaphore.create(client, unique_name, count=1)
+    await sem.acquire()
+    await sem.release()  # lanes registered, script loaded
+    token = (await tokens(redis, unique_name))["pool"][0].encode()
+    fault_proxy.swallow_next_reply(token)  # the BLMOVE reply carrying the token
+    await asyncio.wait_for(sem.acquire(), 15)
+    assert fault_proxy.swallowed == 1
+    await assert_permits(redis, unique_name, 1, free=0)
+    await sem.release()
+    await assert_permits(redis, unique_name, 1, free=1)
+    await sem.close()
+
+
+async def test_cut_connections_under_blocked_waiters(
+    fault_proxy: FaultProxy,
+    redis_url: str,
+    redis_factory: Callable[..., aioredis.Redis],
+    redis: aioredis.Redis,
+    unique_name: str,
+) -> None:
+    holder = await RedisSemaphore.create(redis, unique_name, count=2)
+    waiting = await RedisSemaphore.attach(
+        redis_factory(fault_proxy.rewrite(redis_url)), unique_name
+    )
+    await holder.acquire()
+    await holder.acquire()
+    tasks = [asyncio.ensure_future(waiting.acquire()) for _ in range(5)]
+    await wait_until(lambda: waiting._dispatcher.active_lanes == 2)
+    for _ in range(3):
+        fault_proxy.cut_all()
+        await asyncio.sleep(0.05)
+    await holder.release()
+    await holder.release()
+    await wait_until(lambda: sum(t.done() for t in tasks) == 2, timeout=10)
+    await waiting.release()
+    await waiting.release()
+    await wait_until(lambda: sum(t.done() for t in tasks) == 4, timeout=10)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    held = (await waiting.statistics()).held_here
+    for _ in range(held):
+        await waiting.release()
+    await holder.close()
+    await waiting.close()
+    await assert_permits(redis, unique_name, 2, free=2)
+
+
+async def test_long_waits_outlast_the_socket_timeout(
+    redis_factory: Callable[..., aioredis.Redis], redis: aioredis.Redis, unique_name: str
+) -> None:
+    holder = await RedisSemaphore.create(redis, unique_name, count=1)
+    impatient = redis_factory(socket_timeout=0.5)
+    waiter = await RedisSemaphore.attach(impatient, unique_name)
+    await holder.acquire()
+    task = asyncio.ensure_future(waiter.acquire())
+    await asyncio.sleep(2.0)  # four socket timeouts pass while it waits
+    assert not task.done()
+    await holder.release()
+    await asyncio.wait_for(task, 5)
+    await waiter.release()
+    await holder.close()
+    await waiter.close()
+    await assert_permits(redis, unique_name, 1, free=1)
+
+
+async def test_restart_of_a_non_persistent_server(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    ttl = 1.0
+    a = await RedisSemaphore.create(
+        redis_factory(private_server.url), unique_name, count=2, lease_ttl=ttl
+    )
+    b = await RedisSemaphore.attach(redis_factory(private_server.url), unique_name, lease_ttl=ttl)
+    await a.acquire()
+    await a.acquire()
+    waiter = asyncio.ensure_future(b.acquire())
+    await wait_until(lambda: b._dispatcher.active_lanes == 1)
+    private_server.restart()  # every key is gone
+    observer = redis_factory(private_server.url)
+
+    async def re_established() -> bool:
+        return bool(await observer.exists(keyspace(unique_name).key("meta")))
+
+    await wait_until(re_established, timeout=10)
+    # a still holds both permits, so nobody may get one yet.
+    await asyncio.sleep(ttl)
+    assert not waiter.done()
+    await a.release()
+    await asyncio.wait_for(waiter, 10)
+    await assert_permits(observer, unique_name, 2, free=0)
+    await a.release()
+    await b.release()
+    await a.close()
+    await b.close()
+    await assert_permits(observer, unique_name, 2, free=2)
+
+
+async def test_a_new_generation_voids_old_permits(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    old = await RedisSemaphore.create(redis_factory(private_server.url), unique_name, count=2)
+    await old.acquire()
+    private_server.cli("FLUSHALL")  # a private server: flushing it is fine
+    newcomer = await RedisSemaphore.create(redis_factory(private_server.url), unique_name, count=2)
+    lost: list[int] = []
+    old.add_lease_lost_callback(lambda: lost.append(1))
+    with pytest.raises(RedisSemaphoreLeaseLostError):
+        await old.release()
+    observer = redis_factory(private_server.url)
+    await assert_permits(observer, unique_name, 2, free=2)
+    # The old instance follows the new generation from its next renewal on.
+    old._watchdog.kick()
+    await wait_until(lambda: old._gen == newcomer._gen, timeout=5)
+    await old.acquire()
+    await newcomer.acquire()
+    with pytest.raises(RedisSemaphoreTimeoutError):
+        await newcomer.acquire(timeout=0)
+    await old.release()
+    await newcomer.release()
+    await old.close()
+    await newcomer.close()
+    await assert_permits(observer, unique_name, 2, free=2)
+
+
+async def test_flushed_keys_are_re_established_by_live_instances(
+    private_server: RedisServer,
+    redis_factory: Callable[..., aioredis.Redis],
+    unique_name: str,
+    strategy: SemaphoreInitStrategy,
+) -> None:
+    ttl = 0.6
+    a = await RedisSemaphore.create(
+        redis_factory(private_server.url),
+        unique_name,
+        count=2,
+        lease_ttl=ttl,
+        semaphore_init_strategy=strategy,
+    )
+    b = await RedisSemaphore.attach(redis_factory(private_server.url), unique_name, lease_ttl=ttl)
+    await a.acquire()
+    waiter = asyncio.ensure_future(b.acquire())
+    await asyncio.wait_for(waiter, 5)
+    second = asyncio.ensure_future(b.acquire())
+    await wait_until(lambda: b._dispatcher.active_lanes == 1)
+    private_server.cli("FLUSHALL")
+    observer = redis_factory(private_server.url)
+
+    async def recovered() -> bool:
+        meta = await observer.hget(keyspace(unique_name).key("meta"), "recover")
+        return meta == b"0"
+
+    await wait_until(recovered, timeout=10)
+    assert not second.done()
+    await assert_permits(observer, unique_name, 2, free=0)
+    await a.release()
+    await asyncio.wait_for(second, 5)
+    await b.release()
+    await b.release()
+    assert (await a.statistics()).leases_lost == 0
+    assert (await b.statistics()).leases_lost == 0
+    await a.close()
+    await b.close()
+    await assert_permits(observer, unique_name, 2, free=2)
+
+
+async def test_watchdog_survives_readonly_and_connection_loss(
+    redis_server_factory: Callable[..., RedisServer],
+    redis_factory: Callable[..., aioredis.Redis],
+    unique_name: str,
+) -> None:
+    server = redis_server_factory()
+    primary = redis_server_factory()
+    sem = await RedisSemaphore.create(
+        redis_factory(server.url), unique_name, count=1, lease_ttl=0.5
+    )
+    await sem.acquire()
+    failures_before = sem._watchdog.failures
+    # Make the server a read-only replica: every renewal now fails (READONLY,
+    # then the wipe of a full sync), as during a failover.
+    server.cli("REPLICAOF", "127.0.0.1", str(primary.port))
+    await wait_until(lambda: sem._watchdog.failures > failures_before + 2, timeout=10)
+    server.cli("REPLICAOF", "NO", "ONE")
+    ticks = sem._watchdog.ticks
+    await wait_until(lambda: sem._watchdog.ticks > ticks + 2, timeout=10)
+    assert sem._watchdog.running
+    # The semaphore is back, with this instance's permit still accounted for.
+    observer = redis_factory(server.url)
+
+    async def recovered() -> bool:
+        return await observer.hget(keyspace(unique_name).key("meta"), "recover") == b"0"
+
+    await wait_until(recovered, timeout=10)
+    await assert_permits(observer, unique_name, 1, free=0)
+    await sem.release()
+    await sem.acquire(timeout=5)
+    await sem.release()
+    await sem.close()
+
+
+async def test_close_returns_within_a_second_during_a_stuck_renewal(
+    fault_proxy: FaultProxy,
+    redis_url: str,
+    redis_factory: Callable[..., aioredis.Redis],
+    unique_name: str,
+) -> None:
+    sem = await RedisSemaphore.create(
+        redis_factory(fault_proxy.rewrite(redis_url)), unique_name, count=1
+    )
+    await sem.acquire()
+    fault_proxy.pause()  # replies stop arriving
+    sem._watchdog.kick()
+    await asyncio.sleep(0.05)  # the renewal is now waiting for its reply
+    started = time.perf_counter()
+    await sem.close()
+    assert time.perf_counter() - started < 1.0
+    fault_proxy.resume()
