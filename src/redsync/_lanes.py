@@ -51,6 +51,8 @@ class Lane:
     #: Bumped whenever a move starts, so a reader can tell if one ran meanwhile.
     epoch: int = 0
     registered: bool = False
+    #: Taken by a one-off non-blocking attempt (see Dispatcher.try_get).
+    reserved: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -60,6 +62,9 @@ class LaneBackend(Protocol[T]):
 
     async def give_back(self, lane: Lane, item: T) -> None:
         """Return an item nobody is waiting for."""
+
+    async def settle(self, lane: Lane) -> None:
+        """Recover what a move with a lost reply may have left in ``lane``."""
 
 
 class Dispatcher(Generic[T]):
@@ -128,13 +133,14 @@ class Dispatcher(Generic[T]):
         if self.waiting:
             return None  # the tasks already queued come first
         for lane in self.lanes:
-            if lane.task is None and not lane.busy:
-                lane.busy = True  # reserve it against a concurrent spawn
+            if lane.task is None and not lane.reserved:
+                lane.reserved = True  # keep _spawn() off this lane and its connection
                 try:
                     return await self._backend.pull(lane, block=False)
                 finally:
-                    lane.busy = False
+                    await self._settle(lane)
                     await self._park(lane)
+                    lane.reserved = False
         return None
 
     # -- delivery -----------------------------------------------------------
@@ -170,7 +176,7 @@ class Dispatcher(Generic[T]):
         for lane in self.lanes:
             if self._active >= want:
                 return
-            if lane.task is None and not lane.busy:
+            if lane.task is None and not lane.reserved:
                 self._active += 1
                 lane.task = asyncio.ensure_future(self._run(lane))
 
@@ -212,9 +218,10 @@ class Dispatcher(Generic[T]):
             raise
         finally:
             self._active -= 1
-            lane.task = None
             lane.blocked = False
+            await self._settle(lane)
             await self._park(lane)
+            lane.task = None  # only now may another task take this lane
             # A waiter may have arrived between the loop test and here (but a
             # cancelled lane must not start another: its loop is shutting down).
             if not self._closed and not cancelled:
@@ -226,6 +233,13 @@ class Dispatcher(Generic[T]):
                 fut = self._waiters.popleft()
                 if not fut.done():
                     fut.set_exception(self._closed_error())
+
+    async def _settle(self, lane: Lane) -> None:
+        if lane.dirty:
+            try:
+                await self._backend.settle(lane)
+            except Exception as exc:  # retried when the lane is next used
+                log.debug("lane %s: recovery failed: %r", lane.key, exc)
 
     async def _park(self, lane: Lane) -> None:
         conn, lane.conn = lane.conn, None

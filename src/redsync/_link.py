@@ -166,10 +166,49 @@ class Link:
             return None
         return cached[1]
 
-    async def unblock(self, client_id: int) -> None:
-        """Wake a connection blocked in BLMOVE as if its timeout had passed."""
+    async def blocking(
+        self, conn: AbstractConnection, command: Command, *, read_timeout: float
+    ) -> Any:
+        """Run one blocking command that :meth:`unblock` may wake.
+
+        A woken command answers ``-UNBLOCKED``.  On Redis 7.0 a command that
+        CLIENT PAUSE had postponed still runs after that answer, so the
+        connection is synchronised with a PING: a reply that arrives before
+        the PONG is the command's real, late result, and is returned.
+        """
         try:
-            await self.call("CLIENT", "UNBLOCK", client_id, "TIMEOUT")
+            return (await self.run(conn, [command], read_timeout=read_timeout))[0]
+        except rex.ResponseError as exc:
+            if not str(exc).startswith("UNBLOCKED"):
+                raise
+        late: Any = None
+        saved = conn.socket_timeout
+        conn.socket_timeout = read_timeout
+        try:
+            await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+            while True:
+                try:
+                    reply = await conn.read_response(disable_decoding=True)
+                except rex.ResponseError:
+                    continue
+                if reply == b"PONG":
+                    return late
+                late = reply
+        except BaseException:
+            await self.discard(conn)
+            raise
+        finally:
+            conn.socket_timeout = saved
+
+    async def unblock(self, client_id: int) -> None:
+        """Wake a connection blocked in BLMOVE, which then answers ``-UNBLOCKED``.
+
+        The ERROR form is used on purpose: on Redis 7.0, ``CLIENT UNBLOCK ...
+        TIMEOUT`` aimed at a command postponed by CLIENT PAUSE WRITE (as
+        during a failover) crashes the server.
+        """
+        try:
+            await self.call("CLIENT", "UNBLOCK", client_id, "ERROR")
         except AMBIGUOUS + TRANSIENT as exc:
             log.debug("CLIENT UNBLOCK %s failed: %r", client_id, exc)
 

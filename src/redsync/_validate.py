@@ -63,3 +63,14 @@ def client(value: Any) -> Any:
             f"{type(value).__module__}.{type(value).__qualname__}"
         )
     return value
+
+
+def key_prefix(value: object) -> str:
+    prefix = name(value, "key_prefix")
+    first = prefix.find("{")
+    if first != -1 and prefix[first + 1 : first + 2] == "}":
+        raise ValueError(
+            "key_prefix must not contain an empty hash tag '{}' before any other "
+            f"'{{...}}': it would spread one primitive's keys over cluster slots, got {prefix!r}"
+        )
+    return prefix

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from . import _validate
 from ._keys import KeySpace
@@ -61,7 +62,7 @@ class RedisEvent:
     ) -> None:
         _validate.client(redis_client)
         self.name = _validate.name(name)
-        _validate.name(key_prefix, "key_prefix")
+        _validate.key_prefix(key_prefix)
         self._keys = KeySpace(key_prefix, name)
         self._signals = self._keys.key("signals")
         self._link = Link(redis_client)
@@ -143,6 +144,16 @@ class RedisEvent:
                 [*prefix, move, ("PEXPIRE", lane.key, INBOX_TTL_MS)],
                 read_timeout=MAX_BLOCK + READ_GRACE,
             )
+        except ResponseError as exc:
+            if not str(exc).startswith("UNBLOCKED"):
+                raise
+            # Woken by CLIENT UNBLOCK.  A command postponed by CLIENT PAUSE
+            # may still run after this answer (Redis 7.0), which would shift
+            # the replies of this batch: drop the connection and recover the
+            # inbox instead of guessing.
+            await self._link.discard(conn)
+            lane.dirty = True
+            return None
         except BaseException:
             lane.dirty = True
             raise
@@ -157,6 +168,9 @@ class RedisEvent:
         lane.extra["delivered"] = signal
         return signal
 
+    async def settle(self, lane: Lane) -> None:
+        await self._recover(lane)
+
     async def give_back(self, lane: Lane, item: str) -> None:
         # The copy in the inbox is dropped with the lane's next move.
         await self._push(item, head=True)
@@ -164,7 +178,9 @@ class RedisEvent:
     # -- internals --------------------------------------------------------------
 
     async def _push(self, signal: str, *, head: bool) -> None:
-        record = self._keys.key(f"pushed:{signal}:{'head' if head else 'tail'}")
+        # The record names this push, not the signal: one signal can be
+        # handed back more than once.
+        record = self._keys.key(f"pushed:{uuid.uuid4().hex}")
         command = "LPUSH" if head else "RPUSH"
 
         async def push(ambiguous: bool) -> Any:
@@ -183,20 +199,25 @@ class RedisEvent:
 
     async def _recover(self, lane: Lane) -> None:
         """After a lost reply: put back any signal the server moved into the inbox for us."""
-        assert lane.conn is not None
-        (items,) = await self._link.run(lane.conn, [("LRANGE", lane.key, 0, -1)])
-        delivered = lane.extra.get("delivered")
-        for item in map(text, items):
-            if item != delivered:
-                await self._link.run(
-                    lane.conn,
-                    [
-                        ("MULTI",),
-                        ("LREM", lane.key, 1, item),
-                        ("LPUSH", self._signals, item),
-                        ("EXEC",),
-                    ],
-                )
-        await self._link.run(lane.conn, [("DEL", lane.key)])
+        conn = lane.conn or await self._link.borrow()
+        try:
+            (items,) = await self._link.run(conn, [("LRANGE", lane.key, 0, -1)])
+            delivered = lane.extra.get("delivered")
+            for item in map(text, items):
+                if item != delivered:
+                    # Atomic: a repeated recovery cannot push the same copy twice.
+                    await self._link.run(
+                        conn,
+                        [
+                            ("MULTI",),
+                            ("LREM", lane.key, 1, item),
+                            ("LPUSH", self._signals, item),
+                            ("EXEC",),
+                        ],
+                    )
+            await self._link.run(conn, [("DEL", lane.key)])
+        finally:
+            if lane.conn is None:
+                await self._link.give_back(conn)
         lane.extra["taken"] = False
         lane.dirty = False

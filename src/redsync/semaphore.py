@@ -20,7 +20,7 @@ import asyncio
 import enum
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,7 +208,7 @@ class RedisSemaphore:
         """
         _validate.client(redis_client)
         _validate.name(name)
-        _validate.name(key_prefix, "key_prefix")
+        _validate.key_prefix(key_prefix)
         count = _count(count)
         ttl = _validate.lease_ttl(lease_ttl)
         strategy = _strategy(semaphore_init_strategy)
@@ -256,7 +256,7 @@ class RedisSemaphore:
         """
         _validate.client(redis_client)
         _validate.name(name)
-        _validate.name(key_prefix, "key_prefix")
+        _validate.key_prefix(key_prefix)
         wait = _validate.timeout(timeout)
         ttl = _validate.lease_ttl(lease_ttl)
         keys = KeySpace(key_prefix, name)
@@ -468,7 +468,12 @@ class RedisSemaphore:
         lane.blocked = block
         lane.epoch += 1
         try:
-            (reply,) = await self._link.run(conn, [command], read_timeout=self._block + READ_GRACE)
+            if block:
+                reply = await self._link.blocking(
+                    conn, command, read_timeout=self._block + READ_GRACE
+                )
+            else:
+                (reply,) = await self._link.run(conn, [command])
         except BaseException:
             lane.dirty = True
             self._watchdog.kick()
@@ -481,6 +486,10 @@ class RedisSemaphore:
         token = text(reply)
         self._held[token] = _Holding(token, lane)
         return token
+
+    async def settle(self, lane: Lane) -> None:
+        # The next renewal adopts whatever a lost reply left in the lane.
+        self._watchdog.kick()
 
     async def give_back(self, lane: Lane, item: str) -> None:
         holding = self._held.pop(item, None)
@@ -499,10 +508,18 @@ class RedisSemaphore:
                 fallback = holding
         return fallback
 
-    async def _return(self, holding: _Holding) -> int:
+    def _return(self, holding: _Holding) -> Awaitable[int]:
+        """Start returning ``holding``'s token to the pool.
+
+        The token is registered as in flight before this returns, so a
+        renewal that sees it still in the lane never mistakes it for an orphan.
+        """
+        self._releasing.setdefault(holding.token, []).append(holding.lane)
+        return self._returning(holding)
+
+    async def _returning(self, holding: _Holding) -> int:
         token = holding.token
         gen = token.rsplit(":", 1)[0]
-        self._releasing.setdefault(token, []).append(holding.lane)
 
         async def release(ambiguous: bool) -> int:
             result = await self._ops.release(holding.lane.key, token, gen, self._ttl_ms)
@@ -550,7 +567,7 @@ class RedisSemaphore:
                 all(
                     lane.registered and not lane.dirty
                     for lane in self._dispatcher.lanes
-                    if lane.task is not None or lane.busy
+                    if lane.task is not None or lane.busy or lane.reserved
                 )
                 and asyncio.get_running_loop().time() - self._last_renew < self.lease_ttl / 4
             ):
@@ -567,7 +584,7 @@ class RedisSemaphore:
         lanes = [
             lane
             for lane in self._dispatcher.lanes
-            if lane.registered or lane.task is not None or lane.busy or lane.dirty
+            if lane.registered or lane.task is not None or lane.busy or lane.reserved or lane.dirty
         ]
         snapshot = []
         states = []
