@@ -97,9 +97,36 @@ class SemaphoreStatistics:
 
 
 @dataclass(eq=False)
+class _Slot:
+    """A lane list that holds at most one permit token: the lease record of one acquisition.
+
+    One token per slot makes every operation on it unambiguous: a release
+    retried after a lost reply can only remove the token it is releasing,
+    because nothing else can enter the slot until that release is settled.
+    """
+
+    member: str
+    key: str
+    holding: _Holding | None = None
+    #: A move into this slot is outstanding.
+    busy: bool = False
+    #: A move's reply was lost: the slot's content is unknown until a renewal.
+    dirty: bool = False
+    #: The token whose release from this slot is in flight.
+    releasing: str | None = None
+    registered: bool = False
+    #: Bumped whenever a move starts, so a renewal can tell if one ran meanwhile.
+    epoch: int = 0
+
+    @property
+    def free(self) -> bool:
+        return self.holding is None and not self.busy and not self.dirty and not self.releasing
+
+
+@dataclass(eq=False)
 class _Holding:
     token: str
-    lane: Lane
+    slot: _Slot
     owner: asyncio.Task[Any] | None = None
     lost: bool = False
 
@@ -164,14 +191,10 @@ class RedisSemaphore:
             LuaOps(link, keys) if strategy is SemaphoreInitStrategy.LUA else TxOps(link, keys)
         )
         self._instance = uuid.uuid4().hex[:16]
-        lanes = [
-            Lane(i, self._ops_lane_key(f"{self._instance}.{i}"), f"{self._instance}.{i}")
-            for i in range(min(meta_count, MAX_LANES))
-        ]
+        lanes = [Lane(i, "", "") for i in range(min(meta_count, MAX_LANES))]
+        self._slots: list[_Slot] = []
+        self._slot_waiters: list[asyncio.Future[None]] = []
         self._held: dict[str, _Holding] = {}
-        #: Tokens whose release is in flight (a token can be re-acquired, by a
-        #: lane of ours, before the reply of its release arrives).
-        self._releasing: dict[str, list[Lane]] = {}
         self._dispatcher: Dispatcher[str] = Dispatcher(link, self, lanes, self._closed_error)
         self._sync_lock = asyncio.Lock()
         self._last_renew = -1e18
@@ -182,7 +205,7 @@ class RedisSemaphore:
         self._watchdog = Watchdog(lease_ttl / 3, self._renew, f"semaphore {name!r} renewal")
         self._watchdog.start()
 
-    def _ops_lane_key(self, member: str) -> str:
+    def _slot_key(self, member: str) -> str:
         return self._keys.key(f"lane:{member}")
 
     # -- construction -------------------------------------------------------
@@ -333,6 +356,7 @@ class RedisSemaphore:
             )
         del self._held[holding.token]
         if holding.lost:
+            self._vacate(holding.slot)
             raise self._lost_error()
         task = asyncio.ensure_future(self._return(holding))
         self._dispatcher.background(task)
@@ -358,11 +382,7 @@ class RedisSemaphore:
         self._closed = True
         await self._watchdog.stop(grace=0.3)
         await self._dispatcher.close(grace=0.3)
-        idle = [
-            lane.member
-            for lane in self._dispatcher.lanes
-            if lane.registered and not any(h.lane is lane for h in self._held.values())
-        ]
+        idle = [slot.member for slot in self._slots if slot.registered and slot.free]
         if idle:
             try:
                 await asyncio.wait_for(self._ops.deregister(idle), 0.3)
@@ -412,7 +432,7 @@ class RedisSemaphore:
         else:
             pairs = [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
         lengths = (
-            await self._link.pipeline([("LLEN", self._ops_lane_key(m)) for m, _ in pairs])
+            await self._link.pipeline([("LLEN", self._slot_key(m)) for m, _ in pairs])
             if pairs
             else []
         )
@@ -450,45 +470,52 @@ class RedisSemaphore:
     # -- lanes (called by the dispatcher) -----------------------------------
 
     async def pull(self, lane: Lane, block: bool) -> str | None:
-        loop = asyncio.get_running_loop()
-        if not lane.registered or lane.dirty or loop.time() - self._last_renew > self.lease_ttl / 2:
-            # Never block on a lane that is not (freshly) leased: a permit
-            # moved into it could otherwise outlive the lease unnoticed.
-            await self._sync()
-        if lane.conn is None:
-            lane.conn = await self._link.borrow()
-        conn = lane.conn
-        pool = self._keys.key("pool")
-        if block:
-            await self._link.client_id(conn)
-            command: tuple[Any, ...] = ("BLMOVE", pool, lane.key, "LEFT", "RIGHT", self._block)
-        else:
-            command = ("LMOVE", pool, lane.key, "LEFT", "RIGHT")
-        lane.busy = True
+        slot = self._free_slot()
+        if slot is None:
+            # Every permit this instance may hold is held or on its way back.
+            if block:
+                await self._slot_freed(1.0)
+            return None
+        slot.busy = True  # reserved: renewals leave it alone from now on
+        try:
+            loop = asyncio.get_running_loop()
+            if not slot.registered or loop.time() - self._last_renew > self.lease_ttl / 2:
+                # Never move a permit into a slot that is not (freshly) leased:
+                # it could otherwise outlive the lease unnoticed.
+                await self._sync()
+            if lane.conn is None:
+                lane.conn = await self._link.borrow()
+            conn = lane.conn
+            pool = self._keys.key("pool")
+            if block:
+                await self._link.client_id(conn)
+        except BaseException:
+            slot.busy = False
+            raise
+        slot.epoch += 1
         lane.blocked = block
-        lane.epoch += 1
         try:
             if block:
+                command = ("BLMOVE", pool, slot.key, "LEFT", "RIGHT", self._block)
                 reply = await self._link.blocking(
                     conn, command, read_timeout=self._block + READ_GRACE
                 )
             else:
-                (reply,) = await self._link.run(conn, [command])
+                (reply,) = await self._link.run(conn, [("LMOVE", pool, slot.key, "LEFT", "RIGHT")])
         except BaseException:
-            lane.dirty = True
+            slot.dirty = True
             self._watchdog.kick()
             raise
         finally:
-            lane.busy = False
+            slot.busy = False
             lane.blocked = False
         if reply is None:
+            self._wake_slot_waiters()
             return None
-        token = text(reply)
-        self._held[token] = _Holding(token, lane)
-        return token
+        return self._hold(slot, text(reply)).token
 
     async def settle(self, lane: Lane) -> None:
-        # The next renewal adopts whatever a lost reply left in the lane.
+        # Slots, not lanes, carry state: a dirty slot is settled by a renewal.
         self._watchdog.kick()
 
     async def give_back(self, lane: Lane, item: str) -> None:
@@ -508,32 +535,73 @@ class RedisSemaphore:
                 fallback = holding
         return fallback
 
+    def _free_slot(self) -> _Slot | None:
+        for slot in self._slots:
+            if slot.free:
+                return slot
+        if len(self._slots) >= self._count:
+            return None
+        member = f"{self._instance}.{len(self._slots)}"
+        slot = _Slot(member, self._slot_key(member))
+        self._slots.append(slot)
+        return slot
+
+    def _hold(self, slot: _Slot, token: str) -> _Holding:
+        holding = _Holding(token, slot)
+        slot.holding = holding
+        self._held[token] = holding
+        return holding
+
+    def _vacate(self, slot: _Slot) -> None:
+        slot.holding = None
+        self._wake_slot_waiters()
+
+    async def _slot_freed(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._slot_waiters.append(fut)
+        timer = loop.call_later(timeout, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            if fut in self._slot_waiters:
+                self._slot_waiters.remove(fut)
+
+    def _wake_slot_waiters(self) -> None:
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for fut in waiters:
+            _resolve(fut)
+
     def _return(self, holding: _Holding) -> Awaitable[int]:
         """Start returning ``holding``'s token to the pool.
 
-        The token is registered as in flight before this returns, so a
-        renewal that sees it still in the lane never mistakes it for an orphan.
+        The slot is marked as releasing before this returns, so a renewal
+        that still sees the token in it never mistakes it for an orphan.
         """
-        self._releasing.setdefault(holding.token, []).append(holding.lane)
-        return self._returning(holding)
+        slot = holding.slot
+        slot.holding = None
+        slot.releasing = holding.token
+        return self._returning(slot, holding.token)
 
-    async def _returning(self, holding: _Holding) -> int:
-        token = holding.token
+    async def _returning(self, slot: _Slot, token: str) -> int:
         gen = token.rsplit(":", 1)[0]
 
         async def release(ambiguous: bool) -> int:
-            result = await self._ops.release(holding.lane.key, token, gen, self._ttl_ms)
-            # After a lost reply, "not held" most likely means our first
-            # attempt went through.
+            result = await self._ops.release(slot.key, token, gen, self._ttl_ms)
+            # The slot holds nothing else, so after a lost reply "not held"
+            # means the earlier attempt went through.
             return 1 if ambiguous and result == 0 else result
 
         try:
             return await retrying(release, what="semaphore release")
+        except BaseException:
+            slot.dirty = True  # the next renewal finds out where the token is
+            self._watchdog.kick()
+            raise
         finally:
-            lanes = self._releasing[token]
-            lanes.remove(holding.lane)
-            if not lanes:
-                del self._releasing[token]
+            slot.releasing = None
+            self._wake_slot_waiters()
 
     def _closed_error(self) -> RedisSemaphoreError:
         return RedisSemaphoreError(f"semaphore {self.name!r} is closed")
@@ -564,11 +632,7 @@ class RedisSemaphore:
         """Renew now (registering new lanes), unless a renewal just did."""
         async with self._sync_lock:
             if (
-                all(
-                    lane.registered and not lane.dirty
-                    for lane in self._dispatcher.lanes
-                    if lane.task is not None or lane.busy or lane.reserved
-                )
+                all(slot.registered and not slot.dirty for slot in self._slots if slot.busy)
                 and asyncio.get_running_loop().time() - self._last_renew < self.lease_ttl / 4
             ):
                 return
@@ -581,18 +645,18 @@ class RedisSemaphore:
     async def _renew_once(self) -> None:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
-        lanes = [
-            lane
-            for lane in self._dispatcher.lanes
-            if lane.registered or lane.task is not None or lane.busy or lane.reserved or lane.dirty
+        slots = [
+            slot
+            for slot in self._slots
+            if slot.registered or slot.busy or slot.dirty or slot.holding or slot.releasing
         ]
-        snapshot = []
+        snapshot = [(slot.epoch, slot.busy, slot.holding, slot.releasing) for slot in slots]
         states = []
-        for lane in lanes:
-            held = [h for h in self._held.values() if h.lane is lane and not h.lost]
-            releasing = [t for t, lns in self._releasing.items() if lane in lns]
-            snapshot.append((lane.epoch, lane.busy, held))
-            states.append(LaneState(lane.member, lane.key, [h.token for h in held] + releasing))
+        for slot in slots:
+            tokens = [slot.holding.token] if slot.holding and not slot.holding.lost else []
+            if slot.releasing:
+                tokens.append(slot.releasing)
+            states.append(LaneState(slot.member, slot.key, tokens))
         result = await self._ops.renew(
             states,
             self._count,
@@ -608,31 +672,37 @@ class RedisSemaphore:
                 self._gen,
                 result.gen,
             )
-            for holding in list(self._held.values()):
-                self._mark_lost(holding)
+            for held in list(self._held.values()):
+                self._mark_lost(held)
             self._gen = result.gen
-            for lane in lanes:
-                lane.registered = False
+            for slot in slots:
+                slot.registered = False
             self._watchdog.kick()
             return
         if result.status == "restored":
             log.warning("semaphore %r: keys were missing; re-established them", self.name)
-        for lane, (epoch, busy, held), contents in zip(lanes, snapshot, result.lanes):
-            lane.registered = True
-            present = set(contents)
-            for holding in held:
-                # Only a holding that was held throughout the renewal can be
-                # judged: a token released and re-acquired meanwhile is a new one.
-                if self._held.get(holding.token) is holding and holding.token not in present:
-                    self._mark_lost(holding)
-            if lane.epoch == epoch and not busy and not lane.busy:
-                # No move ran on this lane since the snapshot: a token in it
-                # that nobody here knows of is an orphan (a reply was lost).
+        for slot, (epoch, busy, holding, releasing), contents in zip(slots, snapshot, result.lanes):
+            slot.registered = True
+            if holding is not None and slot.holding is holding and holding.token not in contents:
+                self._mark_lost(holding)
+            if (
+                slot.epoch == epoch
+                and not (busy or slot.busy)
+                and holding is None
+                and slot.holding is None
+                and releasing is None
+                and slot.releasing is None
+            ):
+                # Nothing moved in or out of this slot during the renewal: a
+                # token in it is an orphan of a lost reply.  Hand it on.
+                slot.dirty = False
                 for token in contents:
-                    if token not in self._held and token not in self._releasing:
-                        self._held[token] = _Holding(token, lane)
-                        self._dispatcher.offer_or_return(lane, token)
-                lane.dirty = False
+                    if slot.holding is None:
+                        self._dispatcher.offer_or_return(None, self._hold(slot, token).token)
+                    else:  # pragma: no cover - a slot never holds two tokens
+                        log.error("slot %s holds more than one token: %s", slot.key, contents)
+                if slot.holding is None:
+                    self._wake_slot_waiters()
         self._last_renew = sent_at
         if result.stale_members:
             returned = await self._ops.reclaim(result.stale_members, self._gen, self._ttl_ms)
@@ -654,3 +724,8 @@ class RedisSemaphore:
                         "semaphore %r: recovery done, %d permit(s) re-created", self.name, minted
                     )
                 return
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
