@@ -338,7 +338,9 @@ class RedisSemaphore:
                 return
             # The lease of this token was found lost between the hand-off and
             # now: it is not ours to use.  Try again.
-            self._held.pop(token, None)
+            if holding is not None:
+                del self._held[token]
+                self._vacate(holding.slot)
 
     async def release(self) -> None:
         """Return one permit held by this instance (preferably one taken by this task).
@@ -520,7 +522,11 @@ class RedisSemaphore:
 
     async def give_back(self, lane: Lane, item: str) -> None:
         holding = self._held.pop(item, None)
-        if holding is not None and not holding.lost:
+        if holding is None:
+            return
+        if holding.lost:
+            self._vacate(holding.slot)
+        else:
             await self._return(holding)
 
     # -- internals ------------------------------------------------------------

@@ -1,0 +1,298 @@
+"""Performance guardrails: how many commands the semaphore sends, counted by the server.
+
+Every test runs against a private redis-server and reads ``INFO commandstats``
+(through redis-cli, whose own INFO / CONFIG RESETSTAT calls are subtracted).
+Counts are taken in steady state only: a warm-up first opens the connections
+(redis-py 8 sends HELLO and CLIENT SETINFO on each new one), fetches the
+lanes' client ids, registers the slots and loads the scripts.
+
+The measured numbers are printed (``pytest -s`` shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from _infra import wait_until
+from _infra.servers import RedisServer
+from helpers import assert_permits, tokens
+from redsync import RedisSemaphore, SemaphoreInitStrategy
+
+#: Commands that redis-cli sends for the test itself (reading and resetting the stats).
+OBSERVER_COMMANDS = frozenset({"info", "config|resetstat", "client|list"})
+
+
+def _script_only_commands() -> frozenset[str]:
+    """Commands the semaphore's Lua scripts call but a LUA-strategy client never sends itself.
+
+    ``INFO commandstats`` also counts the commands a script calls, so these are
+    subtracted to get what went over the wire.  HMGET, TIME, LLEN and ZRANGE
+    are also sent directly (attach, statistics, refill), so they are never
+    subtracted: if a script calls them they are over-counted, not hidden.
+    """
+    called: set[str] = set()
+    for script in resources.files("redsync").joinpath("lua").iterdir():
+        if script.name.endswith(".lua"):
+            text = script.read_text("utf-8")
+            called.update(m.lower() for m in re.findall(r"redis\.call\('(\w+)'", text))
+    return frozenset(called - {"hmget", "time", "llen", "zrange"})
+
+
+SCRIPT_ONLY = _script_only_commands()
+#: What one successful run of semaphore_release.lua calls.
+RELEASE_SCRIPT_CALLS = ("hget", "lrem", "rpush", "pexpire")
+
+
+def server_commands(server: RedisServer) -> dict[str, int]:
+    """``{command: calls}`` since the last reset, without the observer's own commands.
+
+    Commands called inside scripts are included (see :func:`split`).
+    """
+    return {
+        name: calls
+        for name, calls in server.commandstats().items()
+        if name not in OBSERVER_COMMANDS and calls
+    }
+
+
+def split(stats: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(commands clients sent, commands scripts called) of a LUA-strategy workload."""
+    sent = {k: v for k, v in stats.items() if k not in SCRIPT_ONLY}
+    inner = {k: v for k, v in stats.items() if k in SCRIPT_ONLY}
+    return sent, inner
+
+
+class RoundTrips:
+    """Counts the batches one semaphore sends (each batch is one round trip)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@contextmanager
+def counting_round_trips(sem: RedisSemaphore) -> Iterator[RoundTrips]:
+    """Wrap ``Link.run`` of ``sem`` (every command of the library goes through it)."""
+    link = sem._link
+    original = link.run
+    trips = RoundTrips()
+
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        trips.count += 1
+        return await original(*args, **kwargs)
+
+    link.run = run  # type: ignore[method-assign]
+    try:
+        yield trips
+    finally:
+        del link.run  # back to the class attribute
+
+
+async def cycles(sem: RedisSemaphore, n: int) -> None:
+    for _ in range(n):
+        await sem.acquire()
+        await sem.release()
+
+
+async def uncontended(
+    server: RedisServer,
+    make_client: Callable[..., aioredis.Redis],
+    name: str,
+    strategy: SemaphoreInitStrategy,
+    n: int,
+) -> tuple[dict[str, int], int]:
+    sem = await RedisSemaphore.create(
+        make_client(server.url), name, count=1, semaphore_init_strategy=strategy
+    )
+    await asyncio.wait_for(cycles(sem, 3), 10)  # warm-up: connection, client id, slot, script
+    server.reset_stats()
+    with counting_round_trips(sem) as trips:
+        await asyncio.wait_for(cycles(sem, n), 30)
+    sent = sent_commands(server)
+    await sem.close()
+    await assert_permits(make_client(server.url), name, 1, free=1)
+    return sent, trips.count
+
+
+async def test_uncontended_cycle_sends_exactly_two_commands(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    n = 100
+    sent, trips = await uncontended(
+        private_server, redis_factory, unique_name, SemaphoreInitStrategy.LUA, n
+    )
+    print(f"\nLUA uncontended: {sent} -> {sum(sent.values()) / n} commands/cycle, "
+          f"{trips / n} round trips/cycle")
+    assert sent == {"blmove": n, "evalsha": n}
+    assert sum(sent.values()) / n == 2
+    assert trips == 2 * n
+
+
+async def test_uncontended_cycle_with_optimistic_locking_is_a_small_constant(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    n = 100
+    sent, trips = await uncontended(
+        private_server, redis_factory, unique_name, SemaphoreInitStrategy.OPTIMISTIC_LOCKING, n
+    )
+    per_cycle = sum(sent.values()) / n
+    print(f"\nOPTIMISTIC_LOCKING uncontended: {sent} -> {per_cycle} commands/cycle, "
+          f"{trips / n} round trips/cycle")
+    assert not any(c.startswith(("eval", "fcall", "script", "function")) for c in sent), sent
+    # Every command is sent the same number of times per cycle (no retries,
+    # nothing that grows with the number of cycles).
+    assert all(calls % n == 0 for calls in sent.values()), sent
+    assert sent["blmove"] == n
+    assert trips / n <= 6
+    assert per_cycle <= 6, (
+        f"{per_cycle} commands per cycle ({sent}): BLMOVE + WATCH + (HGET, LPOS) + "
+        "MULTI/LREM/RPUSH/PEXPIRE/EXEC"
+    )
+
+
+async def test_contended_acquisitions_cost_about_two_commands(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    instances, tasks_each, n = 4, 2, 50
+    sems = [
+        await RedisSemaphore.create(redis_factory(private_server.url), unique_name, count=1)
+        for _ in range(instances)
+    ]
+    inside = peak = acquired = 0
+
+    async def worker(sem: RedisSemaphore, rounds: int) -> None:
+        nonlocal inside, peak, acquired
+        for _ in range(rounds):
+            await sem.acquire()
+            inside += 1
+            peak = max(peak, inside)
+            acquired += 1
+            await asyncio.sleep(0)  # let the other tasks queue up behind this one
+            inside -= 1
+            await sem.release()
+
+    async def run(rounds: int) -> None:
+        await asyncio.wait_for(
+            asyncio.gather(*(worker(s, rounds) for s in sems for _ in range(tasks_each))), 60
+        )
+
+    await run(5)  # warm-up: every client opens its connections under the same contention
+    private_server.reset_stats()
+    acquired = 0
+    await run(n)
+    sent = sent_commands(private_server)
+    total = sum(sent.values())
+    print(f"\ncontended: {sent} -> {total}/{acquired} = {total / acquired:.3f} commands/acquisition")
+    assert acquired == instances * tasks_each * n
+    assert peak == 1
+    assert total / acquired <= 2.1, sent
+    for sem in sems:
+        await sem.close()
+    await assert_permits(redis_factory(private_server.url), unique_name, 1, free=1)
+
+
+def clients_named(server: RedisServer, name: str) -> list[dict[str, str]]:
+    """CLIENT LIST entries called ``name`` (the redis-cli connection asking is not among them)."""
+    found = []
+    for line in server.cli("CLIENT", "LIST").splitlines():
+        fields = dict(re.findall(r"(\S+?)=(\S*)", line))
+        if fields.get("name") == name:
+            found.append(fields)
+    return found
+
+
+def other_clients(server: RedisServer) -> list[dict[str, str]]:
+    """Every connection except the redis-cli connection that lists them."""
+    found = []
+    for line in server.cli("CLIENT", "LIST").splitlines():
+        fields = dict(re.findall(r"(\S+?)=(\S*)", line))
+        if fields and fields.get("cmd") != "client|list":
+            found.append(fields)
+    return found
+
+
+def blocked_clients(server: RedisServer) -> int:
+    info = server.cli("INFO", "clients")
+    return int(re.search(r"blocked_clients:(\d+)", info).group(1))  # type: ignore[union-attr]
+
+
+async def test_a_thousand_waiters_are_silent_and_use_few_connections(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    count, waiters, window = 2, 1000, 2.0
+    waiter_name = f"waiter-{unique_name}"
+    holder = await RedisSemaphore.create(
+        redis_factory(private_server.url, client_name=f"holder-{unique_name}"),
+        unique_name,
+        count=count,
+    )
+    waiter_client = redis_factory(private_server.url, client_name=waiter_name)
+    sem = await RedisSemaphore.attach(waiter_client, unique_name)
+    # Warm-up: both slots of the waiting instance registered, the script loaded.
+    await sem.acquire()
+    await sem.acquire()
+    await sem.release()
+    await sem.release()
+    for _ in range(count):
+        await holder.acquire()
+    passed = 0
+
+    async def waiter() -> None:
+        nonlocal passed
+        await sem.acquire()
+        passed += 1
+        await sem.release()
+
+    tasks = [asyncio.ensure_future(waiter()) for _ in range(waiters)]
+    try:
+        await wait_until(lambda: sem._dispatcher.waiting == waiters, timeout=10)
+        await wait_until(lambda: blocked_clients(private_server) == count, timeout=10)
+        private_server.reset_stats()
+        await asyncio.sleep(window)  # a fixed measurement window: nothing may be sent in it
+        sent = sent_commands(private_server)
+        mine = clients_named(private_server, waiter_name)
+        everyone = other_clients(private_server)
+        pool = waiter_client.connection_pool
+        in_use = len(pool._in_use_connections)  # type: ignore[attr-defined]
+        opened = in_use + len(pool._available_connections)  # type: ignore[attr-defined]
+        print(
+            f"\n{waiters} waiters, {window} s: commands {sent}; waiting client: "
+            f"{len(mine)} server connections, pool {in_use} in use / {opened} open; "
+            f"all clients but the observer: {len(everyone)}"
+        )
+        assert sent == {}
+        assert len(mine) <= count + 2, mine
+        assert in_use <= count + 2
+        assert opened <= count + 2
+        assert sum(1 for c in mine if c.get("cmd") == "blmove") == count
+        assert not any(t.done() for t in tasks)
+        for _ in range(count):
+            await holder.release()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert passed == waiters
+    observer = redis_factory(private_server.url)
+
+    async def settled() -> bool:
+        return len((await tokens(observer, unique_name))["pool"]) == count
+
+    await wait_until(settled, timeout=10)
+    await sem.close()
+    await holder.close()
+    await assert_permits(observer, unique_name, count, free=count)
+
+
+def test_the_observers_own_commands_are_not_counted(private_server: RedisServer) -> None:
+    private_server.reset_stats()
+    private_server.commandstats()
+    assert sent_commands(private_server) == {}
