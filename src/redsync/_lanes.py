@@ -35,22 +35,18 @@ T = TypeVar("T")
 
 @dataclass(eq=False)
 class Lane:
-    """One blocking consumer: an index, a destination key and, while active, a connection."""
+    """One blocking consumer: an index, an optional destination key and, while active,
+    a task and a borrowed connection."""
 
     index: int
-    key: str
-    member: str
+    #: The lane's own destination list, for primitives that move into one per lane.
+    key: str = ""
     conn: AbstractConnection | None = None
     task: asyncio.Task[None] | None = None
-    #: A move is outstanding: its reply has not been read yet.
-    busy: bool = False
     #: The server is (or may be) blocking this lane's connection.
     blocked: bool = False
     #: The outcome of the last move is unknown (its reply was lost).
     dirty: bool = False
-    #: Bumped whenever a move starts, so a reader can tell if one ran meanwhile.
-    epoch: int = 0
-    registered: bool = False
     #: Taken by a one-off non-blocking attempt (see Dispatcher.try_get).
     reserved: bool = False
     extra: dict[str, object] = field(default_factory=dict)

@@ -67,10 +67,7 @@ class RedisEvent:
         self._signals = self._keys.key("signals")
         self._link = Link(redis_client)
         instance = uuid.uuid4().hex[:16]
-        lanes = [
-            Lane(i, self._keys.key(f"inbox:{instance}.{i}"), f"{instance}.{i}")
-            for i in range(MAX_LANES)
-        ]
+        lanes = [Lane(i, self._keys.key(f"inbox:{instance}.{i}")) for i in range(MAX_LANES)]
         self._dispatcher: Dispatcher[str] = Dispatcher(
             self._link, self, lanes, lambda: RedisEventError(f"event {name!r} is closed")
         )
@@ -135,9 +132,7 @@ class RedisEvent:
             move: Command = ("BLMOVE", self._signals, lane.key, "LEFT", "RIGHT", MAX_BLOCK)
         else:
             move = ("LMOVE", self._signals, lane.key, "LEFT", "RIGHT")
-        lane.busy = True
         lane.blocked = block
-        lane.epoch += 1
         try:
             replies = await self._link.run(
                 conn,
@@ -158,7 +153,6 @@ class RedisEvent:
             lane.dirty = True
             raise
         finally:
-            lane.busy = False
             lane.blocked = False
         reply = replies[len(prefix)]
         lane.extra["taken"] = reply is not None

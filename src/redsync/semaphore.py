@@ -191,7 +191,7 @@ class RedisSemaphore:
             LuaOps(link, keys) if strategy is SemaphoreInitStrategy.LUA else TxOps(link, keys)
         )
         self._instance = uuid.uuid4().hex[:16]
-        lanes = [Lane(i, "", "") for i in range(min(meta_count, MAX_LANES))]
+        lanes = [Lane(i) for i in range(min(meta_count, MAX_LANES))]
         self._slots: list[_Slot] = []
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._held: dict[str, _Holding] = {}
