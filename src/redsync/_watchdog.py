@@ -29,6 +29,7 @@ class Watchdog:
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
         self.ticks = 0
+        self._stopped = False
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
@@ -44,14 +45,21 @@ class Watchdog:
         return self._task is not None and not self._task.done()
 
     async def stop(self, grace: float = 0.5) -> None:
+        # The flag ends the loop even if a cancellation is swallowed on the
+        # way (asyncio.wait_for inside redis-py can drop one on Python <= 3.11).
+        self._stopped = True
+        self.kick()
         task, self._task = self._task, None
-        if task is None or task.done():
+        if task is None:
             return
-        task.cancel()
-        await asyncio.wait([task], timeout=grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while not task.done() and loop.time() < deadline:
+            task.cancel()
+            await asyncio.wait([task], timeout=min(0.05, max(0.0, deadline - loop.time())))
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopped:
             if self.failures:
                 delay = min(0.05 * 2 ** (self.failures - 1), self.period)
             else:
@@ -68,6 +76,8 @@ class Watchdog:
                     timer.cancel()
                     self._wake = None
             self._kicked = False
+            if self._stopped:
+                return
             try:
                 await self._tick()
             except asyncio.CancelledError:

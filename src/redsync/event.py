@@ -85,7 +85,8 @@ class RedisEvent:
         """
         wait = _validate.timeout(timeout)
         if wait == 0:
-            if await self._dispatcher.try_get() is None:
+            taken = await retrying(lambda _: self._dispatcher.try_get(), what="event wait")
+            if taken is None:
                 raise RedisEventTimeoutError(f"event {self.name!r}: no signal was pending")
             return
         await self._dispatcher.get(

@@ -327,7 +327,9 @@ class RedisSemaphore:
         wait = _validate.timeout(timeout)
         while True:
             if wait == 0:
-                token = await self._dispatcher.try_get()
+                token = await retrying(
+                    lambda _: self._dispatcher.try_get(), what="semaphore acquire"
+                )
                 if token is None:
                     raise RedisSemaphoreTimeoutError(f"semaphore {self.name!r}: no permit was free")
             else:
@@ -369,7 +371,8 @@ class RedisSemaphore:
 
     async def get_count(self) -> int | None:
         """The semaphore's count as stored in Redis, or None if it does not exist."""
-        meta = await LuaOps(self._link, self._keys).meta()
+        reader = LuaOps(self._link, self._keys)
+        meta = await retrying(lambda _: reader.meta(), what="semaphore get_count")
         return None if meta is None else meta.count
 
     async def close(self) -> None:
@@ -419,12 +422,15 @@ class RedisSemaphore:
     async def statistics(self) -> SemaphoreStatistics:
         """Count, free permits, live holders with their remaining lease, and local state."""
         holders_key = self._keys.key("holders")
-        replies = await self._link.pipeline(
-            [
-                ("TIME",),
-                ("LLEN", self._keys.key("pool")),
-                ("ZRANGE", holders_key, 0, -1, "WITHSCORES"),
-            ]
+        replies = await retrying(
+            lambda _: self._link.pipeline(
+                [
+                    ("TIME",),
+                    ("LLEN", self._keys.key("pool")),
+                    ("ZRANGE", holders_key, 0, -1, "WITHSCORES"),
+                ]
+            ),
+            what="semaphore statistics",
         )
         now = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
         flat = replies[2]
@@ -433,9 +439,10 @@ class RedisSemaphore:
             pairs = [(text(m), float(s)) for m, s in flat]
         else:
             pairs = [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        commands = [("LLEN", self._slot_key(m)) for m, _ in pairs]
         lengths = (
-            await self._link.pipeline([("LLEN", self._slot_key(m)) for m, _ in pairs])
-            if pairs
+            await retrying(lambda _: self._link.pipeline(commands), what="semaphore statistics")
+            if commands
             else []
         )
         per_instance: dict[str, tuple[int, float]] = {}
