@@ -30,7 +30,7 @@ from . import _validate
 from ._keys import KeySpace
 from ._lanes import Dispatcher, Lane
 from ._link import Link, retrying, text
-from ._semaphore_ops import LaneState, LuaOps, SemaphoreOps, TxOps
+from ._semaphore_ops import LaneState, LuaOps, Meta, SemaphoreOps, TxOps
 from ._watchdog import Watchdog
 from .exceptions import (
     RedisSemaphoreCountError,
@@ -170,19 +170,20 @@ class RedisSemaphore:
         redis_client: Redis,
         name: str,
         *,
-        meta_count: int,
-        gen: str,
-        strategy: SemaphoreInitStrategy,
+        meta: Meta,
         lease_ttl: float,
         keys: KeySpace,
         link: Link,
     ) -> None:
+        """Use :meth:`create` or :meth:`attach`; this only wires up what they found."""
+        strategy = _strategy(meta.strategy)
+        meta_count = meta.count
         self.name = name
         self._client = redis_client
         self._link = link
         self._keys = keys
         self._count = meta_count
-        self._gen = gen
+        self._gen = meta.gen
         self.strategy = strategy
         self.lease_ttl = lease_ttl
         self._ttl_ms = max(1, round(lease_ttl * 1000))
@@ -249,16 +250,7 @@ class RedisSemaphore:
         meta = await retrying(init, what="semaphore create")
         if meta.count != count:
             raise RedisSemaphoreCountMismatchError(count, meta.count)
-        return cls(
-            redis_client,
-            name,
-            meta_count=meta.count,
-            gen=meta.gen,
-            strategy=_strategy(meta.strategy),
-            lease_ttl=ttl,
-            keys=keys,
-            link=link,
-        )
+        return cls(redis_client, name, meta=meta, lease_ttl=ttl, keys=keys, link=link)
 
     @classmethod
     async def attach(
@@ -295,16 +287,7 @@ class RedisSemaphore:
 
             meta = await retrying(look, what="semaphore attach")
             if meta is not None:
-                return cls(
-                    redis_client,
-                    name,
-                    meta_count=meta.count,
-                    gen=meta.gen,
-                    strategy=_strategy(meta.strategy),
-                    lease_ttl=ttl,
-                    keys=keys,
-                    link=link,
-                )
+                return cls(redis_client, name, meta=meta, lease_ttl=ttl, keys=keys, link=link)
             if deadline is not None and loop.time() >= deadline:
                 raise RedisSemaphoreTimeoutError(
                     f"no semaphore named {name!r} was created within {timeout} s "
