@@ -86,7 +86,9 @@ class Dispatcher(Generic[T]):
 
     @property
     def waiting(self) -> int:
-        return sum(1 for f in self._waiters if not f.done())
+        # Futures leave the queue when served, and right after they expire or
+        # are cancelled, so its length is the number of waiting tasks.
+        return len(self._waiters)
 
     @property
     def active_lanes(self) -> int:

@@ -58,8 +58,15 @@ class Link:
         self._client_ids: weakref.WeakKeyDictionary[AbstractConnection, tuple[object, int]] = (
             weakref.WeakKeyDictionary()
         )
+        #: One connection kept between operations, so the common case skips
+        #: the pool's locking and bookkeeping.
+        self._spare: AbstractConnection | None = None
+        self._closed = False
 
     async def borrow(self) -> AbstractConnection:
+        conn, self._spare = self._spare, None
+        if conn is not None:
+            return conn
         if _OLD_POOL_API:
             conn = await self.pool.get_connection("_")  # type: ignore[no-untyped-call]
         else:
@@ -67,7 +74,17 @@ class Link:
         return conn  # type: ignore[no-any-return]
 
     async def give_back(self, conn: AbstractConnection) -> None:
-        await self.pool.release(conn)
+        if self._spare is None and not self._closed:
+            self._spare = conn
+        else:
+            await self.pool.release(conn)
+
+    async def close(self) -> None:
+        """Return the kept connection to the client's pool, and keep none from now on."""
+        self._closed = True
+        conn, self._spare = self._spare, None
+        if conn is not None:
+            await self.pool.release(conn)
 
     @staticmethod
     async def discard(conn: AbstractConnection) -> None:
@@ -94,10 +111,13 @@ class Link:
         """
         packed = conn.pack_commands([tuple(c) for c in commands])
         saved = conn.socket_timeout
-        if read_timeout is not None:
-            conn.socket_timeout = read_timeout
+        # A write of a few hundred bytes does not block, and without a socket
+        # timeout redis-py writes directly instead of through wait_for(), which
+        # costs a task per command and can swallow a cancellation.
+        conn.socket_timeout = None
         try:
             await conn.send_packed_command(packed, check_health=False)
+            conn.socket_timeout = saved if read_timeout is None else read_timeout
             replies: list[Any] = []
             error: rex.ResponseError | None = None
             for _ in commands:
@@ -183,9 +203,10 @@ class Link:
                 raise
         late: Any = None
         saved = conn.socket_timeout
-        conn.socket_timeout = read_timeout
+        conn.socket_timeout = None
         try:
             await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+            conn.socket_timeout = read_timeout
             while True:
                 try:
                     reply = await conn.read_response(disable_decoding=True)

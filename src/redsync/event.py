@@ -115,6 +115,7 @@ class RedisEvent:
         Optional: an event holds no background task while nobody waits.
         """
         await self._dispatcher.close(grace=0.3)
+        await self._link.close()
 
     def __repr__(self) -> str:
         return f"<RedisEvent {self.name!r} waiting={self._dispatcher.waiting}>"

@@ -345,9 +345,9 @@ class RedisSemaphore:
         if holding.lost:
             self._vacate(holding.slot)
             raise self._lost_error()
-        task = asyncio.ensure_future(self._return(holding))
-        self._dispatcher.background(task)
-        result = await asyncio.shield(task)
+        # Cancelling this await cannot lose or double the permit: the slot
+        # is then marked dirty and the next renewal settles where the token is.
+        result = await self._return(holding)
         if result in (0, -2):
             self._mark_lost(holding)
             raise self._lost_error()
@@ -374,8 +374,9 @@ class RedisSemaphore:
         if idle:
             try:
                 await asyncio.wait_for(self._ops.deregister(idle), 0.3)
-            except Exception as exc:  # the lanes expire on their own
+            except Exception as exc:  # the slots expire on their own
                 log.debug("deregistering %s failed: %r", idle, exc)
+        await self._link.close()
 
     async def __aenter__(self) -> RedisSemaphore:
         await self.acquire()
@@ -479,7 +480,7 @@ class RedisSemaphore:
                 lane.conn = await self._link.borrow()
             conn = lane.conn
             pool = self._keys.key("pool")
-            if block:
+            if block and self._link.known_client_id(conn) is None:
                 await self._link.client_id(conn)
         except BaseException:
             slot.busy = False
@@ -535,7 +536,10 @@ class RedisSemaphore:
         for slot in self._slots:
             if slot.free:
                 return slot
-        if len(self._slots) >= self._count:
+        # count slots for the permits held here, plus one per lane, so that a
+        # lane can already block for the next permit while a release is in
+        # flight: the server then hands the permit over in one round trip.
+        if len(self._slots) >= self._count + len(self._dispatcher.lanes):
             return None
         member = f"{self._instance}.{len(self._slots)}"
         slot = _Slot(member, self._slot_key(member))

@@ -1,0 +1,473 @@
+"""Runs benchmark cases for one library in this interpreter and prints JSON results.
+
+The harness starts it as ``python -m benchmarks.worker SPEC`` (working
+directory: the repository root) with the interpreter of the library's
+environment, so redsync 2.0.0 and this repository's redsync, which share an
+import name, never meet in one process.  ``SPEC`` is a JSON object or a list
+of them; each result is printed on a line starting with ``BENCH-RESULT``.
+
+Round trips are counted on the client: every ``send_packed_command`` of
+redis-py (async or sync) is one request written to the server (a pipeline is
+one).  Server-side commands come from ``INFO commandstats`` deltas, which
+count commands run inside scripts under their own names as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from .contenders import Family, Handle, async_client, probe
+from .stats import percentile
+
+RESULT_MARK = "BENCH-RESULT "
+MONITOR_NAME = "bench-monitor"
+#: Commands the measuring connection itself sends; left out of every delta.
+OWN_COMMANDS = frozenset({"info", "client|list", "echo", "monitor", "client|setname", "hello"})
+SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
+
+_sends = 0
+_sends_lock = threading.Lock()
+
+
+def _install_send_counter() -> None:
+    from redis.asyncio.connection import AbstractConnection as AsyncConnection
+    from redis.connection import AbstractConnection as SyncConnection
+
+    async_send = AsyncConnection.send_packed_command
+    sync_send = SyncConnection.send_packed_command
+
+    async def counted_async(self: Any, command: Any, check_health: bool = True) -> None:
+        global _sends
+        if getattr(self, "client_name", None) != MONITOR_NAME:
+            _sends += 1
+        await async_send(self, command, check_health)
+
+    def counted_sync(self: Any, command: Any, check_health: bool = True) -> None:
+        global _sends
+        if getattr(self, "client_name", None) != MONITOR_NAME:
+            with _sends_lock:
+                _sends += 1
+        sync_send(self, command, check_health)  # type: ignore[no-untyped-call]
+
+    AsyncConnection.send_packed_command = counted_async  # type: ignore[method-assign]
+    SyncConnection.send_packed_command = counted_sync  # type: ignore[method-assign]
+
+
+def sends() -> int:
+    with _sends_lock:
+        return _sends
+
+
+class Probe:
+    """The measuring connection: command statistics and client lists."""
+
+    def __init__(self, port: int) -> None:
+        self.client = async_client(port, MONITOR_NAME)
+
+    async def commandstats(self) -> dict[str, int]:
+        info = await self.client.info("commandstats")
+        calls: dict[str, int] = {}
+        for key, value in info.items():
+            if key.startswith("cmdstat_") and isinstance(value, dict):
+                calls[key[len("cmdstat_") :]] = int(value["calls"])
+        return calls
+
+    async def connections(self, client_name: str) -> int:
+        clients = await self.client.client_list()
+        return sum(1 for c in clients if c.get("name") == client_name)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    delta = {}
+    for name, calls in after.items():
+        diff = calls - before.get(name, 0)
+        if diff > 0 and name not in OWN_COMMANDS:
+            delta[name] = diff
+    return delta
+
+
+def summarize_commands(delta: dict[str, int]) -> dict[str, Any]:
+    scripts = sum(v for k, v in delta.items() if k in SCRIPT_COMMANDS)
+    return {"commands": sum(delta.values()), "scripts": scripts, "by_command": delta}
+
+
+def _family(spec: dict[str, Any], client_name: str, max_connections: int = 100) -> Family:
+    return Family(
+        spec["lib"],
+        spec["port"],
+        spec["name"],
+        count=spec.get("count", 1),
+        lease_ttl=spec.get("lease_ttl", 300.0),
+        client_name=client_name,
+        max_connections=max_connections,
+    )
+
+
+def _clock(spec: dict[str, Any]) -> Callable[[], float]:
+    return time.time if spec.get("clock") == "wall" else time.perf_counter
+
+
+# -- the floor -------------------------------------------------------------------
+
+
+async def run_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    client = async_client(spec["port"], "bench-floor")
+    ops = int(spec["ops"])
+    key = f"{spec['name']}:list"
+    try:
+        for _ in range(200):
+            await client.ping()
+        ping: list[float] = []
+        started = time.perf_counter()
+        for _ in range(ops):
+            t0 = time.perf_counter()
+            await client.ping()
+            ping.append(time.perf_counter() - t0)
+        ping_elapsed = time.perf_counter() - started
+        per_op: list[float] = []
+        pairs: list[float] = []
+        started = time.perf_counter()
+        for _ in range(ops):
+            t0 = time.perf_counter()
+            await client.rpush(key, "x")
+            t1 = time.perf_counter()
+            await client.lpop(key)
+            t2 = time.perf_counter()
+            per_op += (t1 - t0, t2 - t1)
+            pairs.append(t2 - t0)
+        list_elapsed = time.perf_counter() - started
+    finally:
+        await client.aclose()
+    return {
+        "ping_p50": percentile(ping, 50),
+        "ping_p99": percentile(ping, 99),
+        "ping_ops": ops / ping_elapsed,
+        "list_p50": percentile(per_op, 50),
+        "list_p99": percentile(per_op, 99),
+        "list_ops": 2 * ops / list_elapsed,
+        "pair_p50": percentile(pairs, 50),
+        "pair_p99": percentile(pairs, 99),
+    }
+
+
+# -- case 1: uncontended ------------------------------------------------------------
+
+
+async def run_uncontended(spec: dict[str, Any]) -> dict[str, Any]:
+    cycles = int(spec["cycles"])
+    family = _family(spec, "bench-lib")
+    probe_ = Probe(spec["port"])
+    await family.start(1)
+    try:
+        handle = await family.handle()
+        for _ in range(min(100, cycles)):
+            await handle.acquire()
+            await handle.release()
+        before = await probe_.commandstats()
+        sent = sends()
+        cpu = time.process_time()
+        cycle: list[float] = []
+        acquire: list[float] = []
+        release: list[float] = []
+        started = time.perf_counter()
+        for _ in range(cycles):
+            t0 = time.perf_counter()
+            await handle.acquire()
+            t1 = time.perf_counter()
+            await handle.release()
+            t2 = time.perf_counter()
+            cycle.append(t2 - t0)
+            acquire.append(t1 - t0)
+            release.append(t2 - t1)
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        sent = sends() - sent
+        delta = command_delta(before, await probe_.commandstats())
+        split = await _monitor_split(spec["port"], handle, int(spec.get("monitor_cycles", 100)))
+    finally:
+        await family.close()
+        await probe_.close()
+    commands = summarize_commands(delta)
+    return {
+        "p50": percentile(cycle, 50),
+        "p99": percentile(cycle, 99),
+        "acquire_p50": percentile(acquire, 50),
+        "release_p50": percentile(release, 50),
+        "cycles_per_s": cycles / elapsed,
+        "round_trips": sent / cycles,
+        "commands": commands["commands"] / cycles,
+        "scripts": commands["scripts"] / cycles,
+        "by_command": {k: v / cycles for k, v in sorted(delta.items())},
+        "cpu": cpu / cycles,
+        **split,
+    }
+
+
+async def _monitor_split(port: int, handle: Handle, cycles: int) -> dict[str, float]:
+    """Top-level commands vs commands run inside scripts, from MONITOR (a separate pass)."""
+    if cycles <= 0:
+        return {}
+    client = async_client(port, MONITOR_NAME)
+    marker = async_client(port, MONITOR_NAME)
+    await marker.ping()  # connected now, so that its handshake is not seen below
+    seen: Counter[str] = Counter()
+    try:
+        async with client.monitor() as monitor:
+
+            async def read() -> None:
+                while True:
+                    entry = await monitor.next_command()
+                    command = str(entry["command"])
+                    if command.lower() == "echo bench-monitor-end":
+                        return
+                    kind = "inner" if entry["client_type"] == "lua" else "top"
+                    seen[kind] += 1
+
+            reader = asyncio.ensure_future(read())
+            await asyncio.sleep(0.05)
+            for _ in range(cycles):
+                await handle.acquire()
+                await handle.release()
+            await marker.echo("bench-monitor-end")
+            await asyncio.wait_for(reader, 10)
+    finally:
+        await client.aclose()
+        await marker.aclose()
+    return {"top_level": seen["top"] / cycles, "inner": seen["inner"] / cycles}
+
+
+# -- cases 2, 3, 6: contended ---------------------------------------------------------
+
+
+async def run_contended(spec: dict[str, Any]) -> dict[str, Any]:
+    tasks = int(spec["tasks"])
+    duration = float(spec["duration"])
+    hold = float(spec.get("cs", 0.0))
+    clock = _clock(spec)
+    family = _family(spec, "bench-lib", tasks + 16)
+    probe_ = Probe(spec["port"])
+    await family.start(tasks)
+    try:
+        handles = [await family.handle() for _ in range(tasks)]
+        for handle in handles:
+            await handle.acquire()
+            await handle.release()
+        barrier = spec.get("barrier")
+        if barrier is not None:
+            await _barrier(probe_, barrier["key"], int(barrier["parties"]))
+        records: list[list[tuple[float, float, float]]] = [[] for _ in handles]
+        stop = False
+
+        async def work(index: int, handle: Handle) -> None:
+            mine = records[index]
+            while not stop:
+                t0 = clock()
+                await handle.acquire()
+                t1 = clock()
+                if hold:
+                    await asyncio.sleep(hold)
+                t2 = clock()
+                await handle.release()
+                mine.append((t0, t1, t2))
+
+        before = await probe_.commandstats()
+        sent = sends()
+        cpu = time.process_time()
+        window_start = clock()
+        workers = [asyncio.ensure_future(work(i, h)) for i, h in enumerate(handles)]
+        await asyncio.sleep(duration)
+        window_end = clock()
+        stop = True
+        cpu = time.process_time() - cpu
+        sent = sends() - sent
+        delta = command_delta(before, await probe_.commandstats())
+        _, pending = await asyncio.wait(workers, timeout=float(spec.get("drain_cap", 30.0)))
+        for worker in pending:
+            worker.cancel()
+        undrained = len(pending)
+    finally:
+        await family.close()
+        await probe_.close()
+    return {
+        "window": [window_start, window_end],
+        "records": records,
+        "cpu": cpu,
+        "sends": sent,
+        "undrained": undrained,
+        **summarize_commands(delta),
+    }
+
+
+async def _barrier(probe_: Probe, key: str, parties: int) -> None:
+    """Start the processes of one run together (within a few milliseconds)."""
+    client = probe_.client
+    if await client.incr(key) == parties:
+        await client.set(f"{key}:go", repr(time.time() + 0.05))
+    deadline = time.time() + 60
+    go = None
+    while go is None and time.time() < deadline:
+        go = await client.get(f"{key}:go")
+        if go is None:
+            await asyncio.sleep(0.002)
+    if go is None:
+        raise RuntimeError("the other processes of this run never arrived")
+    await asyncio.sleep(max(0.0, float(go) - time.time()))
+
+
+# -- case 4: the cost of waiting -------------------------------------------------------
+
+
+async def run_waiting(spec: dict[str, Any]) -> dict[str, Any]:
+    waiters = int(spec["waiters"])
+    hold = float(spec["hold"])
+    holder_family = _family(spec, "bench-holder")
+    family = _family(spec, "bench-waiters", waiters + 16)
+    probe_ = Probe(spec["port"])
+    await holder_family.start(1)
+    await family.start(waiters)
+    try:
+        holder = await holder_family.handle()
+        handles = [await family.handle() for _ in range(waiters)]
+        await holder.acquire()
+        records: list[tuple[float, float, float]] = []
+
+        async def wait(handle: Handle) -> None:
+            t0 = time.perf_counter()
+            await handle.acquire()
+            t1 = time.perf_counter()
+            await handle.release()
+            records.append((t0, t1, time.perf_counter()))
+
+        held_at = time.perf_counter()
+        tasks = [asyncio.ensure_future(wait(h)) for h in handles]
+        await asyncio.sleep(min(0.5, hold / 4))
+        before = await probe_.commandstats()
+        sent = sends()
+        cpu = time.process_time()
+        measured_from = time.perf_counter()
+        await asyncio.sleep(max(0.0, held_at + hold / 2 - time.perf_counter()))
+        connections = await probe_.connections("bench-waiters")
+        await asyncio.sleep(max(0.0, held_at + hold - 0.05 - time.perf_counter()))
+        delta = command_delta(before, await probe_.commandstats())
+        measured = time.perf_counter() - measured_from
+        cpu = time.process_time() - cpu
+        sent = sends() - sent
+        waiting_now = sum(1 for t in tasks if not t.done())
+        released_at = time.perf_counter()
+        await holder.release()
+        drain_cap = float(spec.get("drain_cap", 10.0))
+        _, pending = await asyncio.wait(tasks, timeout=drain_cap)
+        gave_up = time.perf_counter()
+        for task in pending:
+            task.cancel()
+    finally:
+        await family.close()
+        await holder_family.close()
+        await probe_.close()
+    commands = summarize_commands(delta)
+    return {
+        "commands_per_s": commands["commands"] / measured,
+        "scripts_per_s": commands["scripts"] / measured,
+        "round_trips_per_s": sent / measured,
+        "by_command_per_s": {k: v / measured for k, v in sorted(delta.items())},
+        "cpu_per_s": cpu / measured,
+        "connections": connections,
+        "waiting": waiting_now,
+        "drained": len(records),
+        "undrained": len(pending),
+        "drain_cap": drain_cap,
+        # When some waiters never got through, both figures are the time given up after.
+        "drain_last_acquire": (gave_up if pending else max(r[1] for r in records)) - released_at,
+        "drain": (gave_up if pending else max(r[2] for r in records)) - released_at,
+    }
+
+
+# -- case 5: crash recovery (the harness kills the holder) --------------------------------
+
+
+async def run_crash_holder(spec: dict[str, Any]) -> dict[str, Any]:
+    family = _family(spec, "bench-crash-holder")
+    await family.start(1)
+    handle = await family.handle()
+    await handle.acquire()
+    print("ACQUIRED", flush=True)
+    await asyncio.sleep(3600)
+    return {}
+
+
+async def run_crash_waiter(spec: dict[str, Any]) -> dict[str, Any]:
+    family = _family(spec, "bench-crash-waiter")
+    await family.start(1)
+    handle = await family.handle()
+    waiting = asyncio.ensure_future(handle.acquire())
+    await asyncio.sleep(0.05)
+    print("WAITING", flush=True)
+    await waiting
+    acquired_at = time.time()
+    print(RESULT_MARK + json.dumps({"acquired_at": acquired_at}), flush=True)
+    await handle.release()
+    await family.close()
+    return {"acquired_at": acquired_at}
+
+
+MODES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "floor": run_floor,
+    "uncontended": run_uncontended,
+    "contended": run_contended,
+    "waiting": run_waiting,
+    "crash_holder": run_crash_holder,
+    "crash_waiter": run_crash_waiter,
+}
+
+
+async def run(specs: list[dict[str, Any]]) -> None:
+    for spec in specs:
+        mode = spec["mode"]
+        if mode == "probe":
+            result: dict[str, Any] = probe(spec["lib"])
+        else:
+            try:
+                result = await MODES[mode](spec)
+            except Exception as exc:
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            if mode == "crash_waiter" and "error" not in result:
+                continue  # printed as soon as the permit arrived
+        print(RESULT_MARK + json.dumps(result), flush=True)
+        await _settle_leftovers()
+    sys.stdout.flush()
+    # Leave without asyncio.run()'s clean-up: tasks a library does not let go of
+    # when cancelled, and threads of a synchronous one in a blocking read, would
+    # keep the process alive.
+    os._exit(0)
+
+
+async def _settle_leftovers() -> None:
+    """Cancel what a case left running, so that it cannot disturb the next case."""
+    current = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        await asyncio.wait(leftovers, timeout=1.0)
+
+
+def main() -> None:
+    raw = json.loads(sys.argv[1])
+    specs = raw if isinstance(raw, list) else [raw]
+    _install_send_counter()
+    asyncio.run(run(specs))
+
+
+if __name__ == "__main__":
+    main()
