@@ -536,10 +536,11 @@ class RedisSemaphore:
         for slot in self._slots:
             if slot.free:
                 return slot
-        # count slots for the permits held here, plus one per lane, so that a
-        # lane can already block for the next permit while a release is in
-        # flight: the server then hands the permit over in one round trip.
-        if len(self._slots) >= self._count + len(self._dispatcher.lanes):
+        # Enough slots for every permit to be held here and every permit to be
+        # on its way back, plus one per lane: a lane never waits for a release
+        # reply before blocking for the next permit, so the server hands a
+        # released permit over in one round trip.  Slots are created on demand.
+        if len(self._slots) >= 2 * self._count + len(self._dispatcher.lanes):
             return None
         member = f"{self._instance}.{len(self._slots)}"
         slot = _Slot(member, self._slot_key(member))
