@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -80,7 +80,7 @@ class Dispatcher(Generic[T]):
         self._waiters: collections.deque[asyncio.Future[T]] = collections.deque()
         self._active = 0
         self._closed = False
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- inspection ---------------------------------------------------------
 
@@ -157,12 +157,13 @@ class Dispatcher(Generic[T]):
         if not self.deliver(item):
             self.background(self._backend.give_back(lane or self.lanes[0], item))
 
-    def background(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+    def background(self, work: Awaitable[None]) -> None:
+        """Run ``work`` without waiting for it; keep a reference until it is done."""
+        task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Future[None]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("redsync background operation failed: %r", task.exception())
