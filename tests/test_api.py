@@ -127,7 +127,8 @@ def test_py_typed_is_shipped() -> None:
 
 
 def test_declared_entry_points_load() -> None:
-    # BUG (pyproject.toml [project.scripts]): the distribution declares the
+    # Regression (fixed; was in pyproject.toml [project.scripts]):
+    # the distribution declares the
     # console script `redsync = "redsync.__main__:main"`, but there is no
     # src/redsync/__main__.py, so the installed `redsync` command fails with
     # ModuleNotFoundError.  Either ship __main__.py or drop the entry point.

@@ -524,7 +524,8 @@ async def test_wait_zero_with_lost_reply_keeps_the_signal(
     redis_url: str,
     unique_name: str,
 ) -> None:
-    # BUG (src/redsync/event.py + _lanes.Dispatcher.try_get): wait(0) runs one LMOVE
+    # Regression (fixed; was in src/redsync/event.py + _lanes.Dispatcher.try_get):
+    # wait(0) runs one LMOVE
     # into the instance's inbox with no retry and no recovery.  When that reply is
     # lost, wait(0) raises redis ConnectionError and the signal stays in the inbox,
     # invisible to every other waiter (LLEN 0, is_set() False) until this same
@@ -557,7 +558,8 @@ async def test_timed_out_wait_hands_back_a_signal_after_a_connection_cut(
     redis_url: str,
     unique_name: str,
 ) -> None:
-    # BUG (src/redsync/_lanes.Dispatcher._run / event.py): the server moved the
+    # Regression (fixed; was in src/redsync/_lanes.Dispatcher._run / event.py):
+    # the server moved the
     # signal into the lane's inbox, the waiter timed out, then the connection
     # died before the reply was read.  The lane sees a ConnectionError, marks
     # itself dirty, and - nobody waiting any more - stops without recovering the
@@ -603,7 +605,8 @@ async def _lists(client: aioredis.Redis, unique_name: str) -> dict[str, list[byt
 async def test_a_signal_handed_back_twice_survives_a_lost_push(
     private_server: Any, redis_factory: Callable[..., aioredis.Redis], unique_name: str
 ) -> None:
-    # BUG (src/redsync/event.py, RedisEvent._push): the "already pushed" record
+    # Regression (fixed; was in src/redsync/event.py, RedisEvent._push):
+    # the "already pushed" record
     # is keyed by the signal id (pushed:<signal>:head), not by the push.  The
     # first hand-back of a signal leaves that record for 120 s; when a second
     # hand-back of the same signal loses its connection before the server ran
@@ -706,7 +709,8 @@ async def test_a_signal_handed_back_twice_survives_a_lost_push(
 async def test_wait_timing_out_while_writes_are_paused_does_not_crash_redis(
     private_server: Any, redis_factory: Callable[..., aioredis.Redis], unique_name: str
 ) -> None:
-    # BUG (src/redsync/_lanes.Dispatcher._trim, via Link.unblock): while the
+    # Regression (fixed; was in src/redsync/_lanes.Dispatcher._trim, via Link.unblock):
+    # while the
     # server pauses writes (CLIENT PAUSE WRITE, which FAILOVER and manual
     # failovers use), a lane's BLMOVE is postponed by the server.  When the
     # waiter times out (or is cancelled), _trim sends CLIENT UNBLOCK <id>

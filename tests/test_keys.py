@@ -101,7 +101,8 @@ PREFIXES = {
     "close-brace": "pre}",
     "reversed": "}pre{",
     "colon-space": "a b:c",
-    # BUG (src/redsync/_keys.py): a prefix with an empty tag "{}" makes Redis
+    # Regression (fixed; was in src/redsync/_keys.py):
+    # a prefix with an empty tag "{}" makes Redis
     # Cluster hash every whole key separately (the first "{" is closed at once,
     # so there is no tag), so the keys of one semaphore land in different slots
     # and every multi-key script fails with CROSSSLOT.  _keys.py promises that
