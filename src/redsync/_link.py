@@ -137,11 +137,7 @@ class Link:
 
     async def call(self, *command: Any) -> Any:
         """Run one command on a borrowed connection."""
-        conn = await self.borrow()
-        try:
-            return (await self.run(conn, [command]))[0]
-        finally:
-            await self.give_back(conn)
+        return (await self.pipeline([command]))[0]
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         conn = await self.borrow()

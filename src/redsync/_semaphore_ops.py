@@ -53,6 +53,7 @@ class Meta:
 
 
 class SemaphoreOps(Protocol):
+    def lane_key(self, member: str) -> str: ...
     async def init(self, count: int, ttl_ms: int, gen: str, strategy: str) -> Meta: ...
     async def meta(self) -> Meta | None: ...
     async def release(self, lane_key: str, token: str, gen: str, ttl_ms: int) -> int: ...
@@ -155,7 +156,7 @@ Reader = Callable[[Sequence[Command]], Awaitable[list[Any]]]
 Body = Callable[[Reader], Awaitable[tuple[list[Command] | None, R]]]
 
 
-def _now_ms(time_reply: Any) -> int:
+def now_ms(time_reply: Any) -> int:
     return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
 
 
@@ -242,7 +243,7 @@ class TxOps(_Base):
                     *(("LRANGE", lane.key, 0, -1) for lane in lanes),
                 ]
             )
-            now = _now_ms(replies[0])
+            now = now_ms(replies[0])
             found = replies[1]
             contents = [_strings(r) for r in replies[2:]]
             writes: list[Command] = []
@@ -301,7 +302,7 @@ class TxOps(_Base):
             )
             if replies[0] is None or text(replies[0]) != gen:
                 return None, -1
-            now = _now_ms(replies[1])
+            now = now_ms(replies[1])
             scores = replies[2 : 2 + len(members)]
             contents = replies[2 + len(members) :]
             writes: list[Command] = []

@@ -30,7 +30,7 @@ from . import _validate
 from ._keys import KeySpace
 from ._lanes import Dispatcher, Lane
 from ._link import Link, retrying, text
-from ._semaphore_ops import LaneState, LuaOps, Meta, SemaphoreOps, TxOps
+from ._semaphore_ops import LaneState, LuaOps, Meta, SemaphoreOps, TxOps, now_ms
 from ._watchdog import Watchdog
 from .exceptions import (
     RedisSemaphoreCountError,
@@ -137,6 +137,13 @@ def _count(value: object) -> int:
     return value
 
 
+def _ops_for(strategy: SemaphoreInitStrategy, link: Link, keys: KeySpace) -> SemaphoreOps:
+    """The backend that performs every state change for ``strategy``."""
+    if strategy is SemaphoreInitStrategy.LUA:
+        return LuaOps(link, keys)
+    return TxOps(link, keys)
+
+
 def _strategy(value: object) -> SemaphoreInitStrategy:
     try:
         return SemaphoreInitStrategy(value)
@@ -188,9 +195,7 @@ class RedisSemaphore:
         self.lease_ttl = lease_ttl
         self._ttl_ms = max(1, round(lease_ttl * 1000))
         self._block = round(min(lease_ttl * 0.45, MAX_BLOCK), 3)
-        self._ops: SemaphoreOps = (
-            LuaOps(link, keys) if strategy is SemaphoreInitStrategy.LUA else TxOps(link, keys)
-        )
+        self._ops = _ops_for(strategy, link, keys)
         self._instance = uuid.uuid4().hex[:16]
         lanes = [Lane(i) for i in range(min(meta_count, MAX_LANES))]
         self._slots: list[_Slot] = []
@@ -205,9 +210,6 @@ class RedisSemaphore:
         self._lost_callbacks: list[Callable[[], object]] = []
         self._watchdog = Watchdog(lease_ttl / 3, self._renew, f"semaphore {name!r} renewal")
         self._watchdog.start()
-
-    def _slot_key(self, member: str) -> str:
-        return self._keys.key(f"lane:{member}")
 
     # -- construction -------------------------------------------------------
 
@@ -238,9 +240,7 @@ class RedisSemaphore:
         strategy = _strategy(semaphore_init_strategy)
         keys = KeySpace(key_prefix, name)
         link = Link(redis_client)
-        ops: SemaphoreOps = (
-            LuaOps(link, keys) if strategy is SemaphoreInitStrategy.LUA else TxOps(link, keys)
-        )
+        ops = _ops_for(strategy, link, keys)
         gen = uuid.uuid4().hex[:12]
         ttl_ms = max(1, round(ttl * 1000))
 
@@ -354,8 +354,7 @@ class RedisSemaphore:
 
     async def get_count(self) -> int | None:
         """The semaphore's count as stored in Redis, or None if it does not exist."""
-        reader = LuaOps(self._link, self._keys)
-        meta = await retrying(lambda _: reader.meta(), what="semaphore get_count")
+        meta = await retrying(lambda _: self._ops.meta(), what="semaphore get_count")
         return None if meta is None else meta.count
 
     async def close(self) -> None:
@@ -416,14 +415,14 @@ class RedisSemaphore:
             ),
             what="semaphore statistics",
         )
-        now = int(replies[0][0]) * 1000 + int(replies[0][1]) // 1000
+        now = now_ms(replies[0])
         flat = replies[2]
         pairs: list[tuple[str, float]] = []
         if flat and isinstance(flat[0], (list, tuple)):  # RESP3
             pairs = [(text(m), float(s)) for m, s in flat]
         else:
             pairs = [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-        commands = [("LLEN", self._slot_key(m)) for m, _ in pairs]
+        commands = [("LLEN", self._ops.lane_key(m)) for m, _ in pairs]
         lengths = (
             await retrying(lambda _: self._link.pipeline(commands), what="semaphore statistics")
             if commands
@@ -543,7 +542,7 @@ class RedisSemaphore:
         if len(self._slots) >= 2 * self._count + len(self._dispatcher.lanes):
             return None
         member = f"{self._instance}.{len(self._slots)}"
-        slot = _Slot(member, self._slot_key(member))
+        slot = _Slot(member, self._ops.lane_key(member))
         self._slots.append(slot)
         return slot
 
