@@ -8,15 +8,21 @@ replies happen in between.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as rex
 
+import redsync.event
 from _infra import wait_until
 from _infra.proxy import FaultProxy
 from redsync import RedisEvent, RedisEventError, RedisEventTimeoutError
@@ -738,4 +744,133 @@ async def test_wait_timing_out_while_writes_are_paused_does_not_crash_redis(
         raise AssertionError(f"redis-server crashed: {crash}")
     await RedisEvent(direct, unique_name).set()
     await asyncio.wait_for(event.wait(timeout=5), 10)
+    await event.close()
+
+
+# --------------------------------------------------------------------------- abandoned inboxes
+
+EVENT_WAITER = str(Path(__file__).parent / "workers" / "event_waiter.py")
+
+
+def inboxes_key(name: str) -> str:
+    return KeySpace(PREFIX, name).key("inboxes")
+
+
+def spawn_event_waiter(url: str, name: str, lease_ms: int, block: float) -> subprocess.Popen[str]:
+    """tests/workers/event_waiter.py, with a short inbox lease."""
+    return subprocess.Popen(
+        [sys.executable, EVENT_WAITER, url, name, str(lease_ms), str(block)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def inbox_lease_expired(redis: aioredis.Redis, name: str) -> Callable[[], Any]:
+    async def check() -> bool:
+        entries = await redis.zrange(inboxes_key(name), 0, -1, withscores=True)
+        return bool(entries) and all(score < time.time() * 1000 for _, score in entries)
+
+    return check
+
+
+async def test_signal_in_the_inbox_of_a_killed_waiter_goes_to_another(
+    redis: aioredis.Redis, redis_url: str, unique_name: str
+) -> None:
+    """A waiter process dies after the server moved a signal into its inbox, before
+    its acknowledgement: another waiter finds the abandoned inbox and gets the signal."""
+    proc = spawn_event_waiter(redis_url, unique_name, lease_ms=800, block=0.5)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "waiting"
+
+        async def registered() -> bool:
+            return await redis.zcard(inboxes_key(unique_name)) == 1
+
+        await wait_until(registered, timeout=10, message="the waiter registered its inbox")
+        os.kill(proc.pid, signal.SIGSTOP)  # it can no longer acknowledge anything
+        await RedisEvent(redis, unique_name).set()
+
+        async def moved() -> bool:
+            return await redis.llen(signals_key(unique_name)) == 0
+
+        await wait_until(moved, timeout=10, message="the server moved the signal to the waiter")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        (inbox,) = await redis.zrange(inboxes_key(unique_name), 0, -1)
+        assert await redis.llen(inbox) == 1  # the signal sits in the dead waiter's inbox
+
+        await wait_until(
+            inbox_lease_expired(redis, unique_name),
+            timeout=10,
+            message="the dead waiter's inbox lease ran out",
+        )
+        other = RedisEvent(redis, unique_name)
+        await asyncio.wait_for(other.wait(timeout=5), 10)
+        assert not await redis.exists(inbox)
+        assert await redis.llen(signals_key(unique_name)) == 0
+        assert not await try_take(other)
+        await other.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+async def test_an_inbox_reaped_before_the_ack_is_not_delivered_twice(
+    fault_proxy: FaultProxy,
+    redis_factory: Callable[..., aioredis.Redis],
+    redis: aioredis.Redis,
+    redis_url: str,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A live but stalled waiter loses its signal to another waiter; when it wakes up,
+    its acknowledgement fails and it waits again instead of returning the signal."""
+    monkeypatch.setattr(redsync.event, "INBOX_LEASE_MS", 300)
+    cname = f"{unique_name}-slow"
+    slow = RedisEvent(redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name)
+    task = asyncio.ensure_future(slow.wait(timeout=6))
+    try:
+        await wait_until(lambda: blocked_on_server(redis, cname), timeout=5)
+        fault_proxy.pause()  # the slow waiter will not see the server's answer for now
+        await RedisEvent(redis, unique_name).set()
+
+        async def moved() -> bool:
+            return await redis.llen(signals_key(unique_name)) == 0
+
+        await wait_until(moved, timeout=5, message="the server moved the signal to the slow waiter")
+        await wait_until(
+            inbox_lease_expired(redis, unique_name),
+            timeout=5,
+            message="the slow waiter's 300 ms inbox lease ran out",
+        )
+        fast = RedisEvent(redis, unique_name)
+        await asyncio.wait_for(fast.wait(timeout=5), 10)  # reaped, then taken
+        fault_proxy.resume()
+        with pytest.raises(RedisEventTimeoutError):
+            await asyncio.wait_for(task, 15)
+        assert await redis.llen(signals_key(unique_name)) == 0
+        assert not await try_take(fast)
+        await fast.close()
+    finally:
+        fault_proxy.resume()
+        task.cancel()
+        await slow.close()
+
+
+async def test_a_lost_acknowledgement_reply_still_delivers_once(
+    fault_proxy: FaultProxy,
+    redis_factory: Callable[..., aioredis.Redis],
+    redis: aioredis.Redis,
+    redis_url: str,
+    unique_name: str,
+) -> None:
+    event = RedisEvent(redis_factory(fault_proxy.rewrite(redis_url)), unique_name)
+    setter = RedisEvent(redis, unique_name)
+    await setter.set()
+    fault_proxy.swallow_next_reply(after_request=b"LTRIM")
+    await asyncio.wait_for(event.wait(timeout=5), 20)
+    assert fault_proxy.swallowed == 1
+    assert await redis.llen(signals_key(unique_name)) == 0
+    assert not await try_take(setter)
     await event.close()

@@ -190,7 +190,7 @@ class Dispatcher(Generic[T]):
                 client_id = self._link.known_client_id(lane.conn)
                 if client_id is not None:
                     lane.blocked = False  # one wake-up is enough
-                    self.background(self._link.unblock(client_id))
+                    self.background(self._link.unblock(client_id, lane.conn))
                     surplus -= 1
 
     async def _run(self, lane: Lane) -> None:

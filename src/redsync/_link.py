@@ -17,11 +17,12 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import redis
 from redis import exceptions as rex
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
 log = logging.getLogger("redsync")
@@ -30,12 +31,38 @@ T = TypeVar("T")
 
 #: Errors after which a command may or may not have run on the server.
 AMBIGUOUS: tuple[type[BaseException], ...] = (rex.ConnectionError, rex.TimeoutError, OSError)
+#: Redis Cluster answers meaning "not here, not now": the command did not run,
+#: and the slot's owner must be looked up again before it is sent again.
+REROUTE: tuple[type[BaseException], ...] = (
+    rex.MovedError,
+    rex.AskError,
+    rex.TryAgainError,
+    rex.ClusterDownError,
+    rex.MasterDownError,
+)
 #: Errors that mean the command did not run and may simply be sent again.
-TRANSIENT: tuple[type[BaseException], ...] = (rex.ReadOnlyError, rex.BusyLoadingError)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    rex.ReadOnlyError,
+    rex.BusyLoadingError,
+    *REROUTE,
+    rex.RedisClusterException,
+)
+
+# Older parsers of plain (non-cluster) connections leave these as ResponseError.
+_REROUTE_BY_PREFIX: dict[str, type[rex.ResponseError]] = {
+    "MOVED": rex.MovedError,
+    "ASK": rex.AskError,
+    "TRYAGAIN": rex.TryAgainError,
+    "CLUSTERDOWN": rex.ClusterDownError,
+    "MASTERDOWN": rex.MasterDownError,
+}
 
 _OLD_POOL_API = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
 
 Command = Sequence[Any]
+
+#: What the library accepts as a client.
+Client: TypeAlias = "Redis | RedisCluster"
 
 
 class Script:
@@ -49,12 +76,54 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
-class Link:
-    """Borrowed connections and un-retried command batches for one client."""
+class _Pool:
+    """Where connections come from: the client's pool, or one cluster node."""
 
-    def __init__(self, client: Redis) -> None:
+    __slots__ = ("node", "pool")
+
+    def __init__(self, pool: Any = None, node: ClusterNode | None = None) -> None:
+        self.pool = pool
+        self.node = node
+
+    async def get(self) -> AbstractConnection:
+        if self.node is not None:
+            return self.node.acquire_connection()
+        if _OLD_POOL_API:
+            conn = await self.pool.get_connection("_")
+        else:
+            conn = await self.pool.get_connection()
+        return conn  # type: ignore[no-any-return]
+
+    async def put(self, conn: AbstractConnection) -> None:
+        if self.node is None:
+            await self.pool.release(conn)
+        elif hasattr(self.node, "release"):
+            self.node.release(conn)  # type: ignore[arg-type]
+        else:  # redis-py < 5.1 has no ClusterNode.release()
+            self.node._free.append(conn)  # type: ignore[arg-type]
+
+
+class Link:
+    """Borrowed connections and un-retried command batches for one primitive.
+
+    ``route_key`` is any key of the primitive: with a Redis Cluster client,
+    connections come from the node that owns its slot (every key of a
+    primitive shares that slot).  When the cluster answers MOVED or a node
+    stops answering, the slot map is refreshed before the next borrow and
+    connections to the old owner are retired.
+    """
+
+    def __init__(self, client: Client, route_key: str = "") -> None:
         self.client = client
-        self.pool = client.connection_pool
+        self.route_key = route_key
+        self.cluster = isinstance(client, RedisCluster)
+        self._pool = None if isinstance(client, RedisCluster) else _Pool(client.connection_pool)
+        #: Cluster only: the pool of each borrowed connection's node.
+        self._home: weakref.WeakKeyDictionary[AbstractConnection, _Pool] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._stale = False
+        self._routing: asyncio.Lock | None = None
         self._client_ids: weakref.WeakKeyDictionary[AbstractConnection, tuple[object, int]] = (
             weakref.WeakKeyDictionary()
         )
@@ -63,28 +132,85 @@ class Link:
         self._spare: AbstractConnection | None = None
         self._closed = False
 
+    # -- where connections come from -------------------------------------------
+
+    async def _route(self) -> _Pool:
+        """The pool of the node owning ``route_key`` (refreshing the map if stale)."""
+        if self._pool is not None and not self._stale:
+            return self._pool
+        if self._routing is None:
+            self._routing = asyncio.Lock()
+        async with self._routing:
+            if self._pool is not None and not self._stale:
+                return self._pool
+            assert isinstance(self.client, RedisCluster)
+            try:
+                await self.client.initialize()
+                if self._stale:
+                    await self.client.nodes_manager.initialize()
+                node = self.client.get_node_from_key(self.route_key)
+            except TRANSIENT + AMBIGUOUS:
+                raise
+            except Exception as exc:  # e.g. no reachable startup node during a failover
+                raise rex.ClusterDownError(f"cluster slot map unavailable: {exc!r}") from exc
+            if node is None:  # pragma: no cover - redis-py raises instead
+                raise rex.ClusterDownError(f"no node serves the slot of {self.route_key!r}")
+            if self._pool is None or self._pool.node is not node:
+                self._pool = _Pool(node=node)
+            self._stale = False
+            return self._pool
+
+    def _mark_stale(self) -> None:
+        if self.cluster:
+            self._stale = True
+
+    def current(self, conn: AbstractConnection) -> bool:
+        """False when ``conn`` leads to a node that no longer owns the slot."""
+        return not self.cluster or (not self._stale and self._home.get(conn) is self._pool)
+
     async def borrow(self) -> AbstractConnection:
         conn, self._spare = self._spare, None
         if conn is not None:
-            return conn
-        if _OLD_POOL_API:
-            conn = await self.pool.get_connection("_")  # type: ignore[no-untyped-call]
-        else:
-            conn = await self.pool.get_connection()  # type: ignore[no-untyped-call]
-        return conn  # type: ignore[no-any-return]
+            if self.current(conn):
+                return conn
+            await self._retire(conn)
+        pool = await self._route()
+        conn = await pool.get()
+        if self.cluster:
+            self._home[conn] = pool
+        return conn
+
+    async def ensure(self, conn: AbstractConnection | None) -> AbstractConnection:
+        """``conn`` if it still leads to the slot's owner, else a fresh connection."""
+        if conn is not None:
+            if self.current(conn):
+                return conn
+            await self._retire(conn)
+        return await self.borrow()
+
+    async def _retire(self, conn: AbstractConnection) -> None:
+        await self.discard(conn)
+        await self._put(conn)
+
+    async def _put(self, conn: AbstractConnection) -> None:
+        pool = self._home.pop(conn, None) if self.cluster else self._pool
+        if pool is not None:
+            await pool.put(conn)
 
     async def give_back(self, conn: AbstractConnection) -> None:
-        if self._spare is None and not self._closed:
+        if self._spare is None and not self._closed and self.current(conn):
             self._spare = conn
+        elif self.current(conn):
+            await self._put(conn)
         else:
-            await self.pool.release(conn)
+            await self._retire(conn)
 
     async def close(self) -> None:
         """Return the kept connection to the client's pool, and keep none from now on."""
         self._closed = True
         conn, self._spare = self._spare, None
         if conn is not None:
-            await self.pool.release(conn)
+            await self._put(conn)
 
     @staticmethod
     async def discard(conn: AbstractConnection) -> None:
@@ -100,6 +226,7 @@ class Link:
         commands: Sequence[Command],
         *,
         read_timeout: float | None = None,
+        on_reply: Callable[[int, Any], None] | None = None,
     ) -> list[Any]:
         """Send ``commands`` in one write and read one reply for each.
 
@@ -107,7 +234,9 @@ class Link:
         has been read, so the connection is left clean.  A broken connection
         raises ConnectionError/TimeoutError and is closed.  ``read_timeout``
         replaces the client's ``socket_timeout`` for this batch only (blocking
-        commands set it from their own server-side timeout).
+        commands set it from their own server-side timeout).  ``on_reply(i, reply)``
+        sees each reply as soon as it is read, until the first error reply (after
+        which the order of replies is not to be trusted: see :meth:`blocking`).
         """
         packed = conn.pack_commands([tuple(c) for c in commands])
         saved = conn.socket_timeout
@@ -120,20 +249,35 @@ class Link:
             conn.socket_timeout = saved if read_timeout is None else read_timeout
             replies: list[Any] = []
             error: rex.ResponseError | None = None
-            for _ in commands:
+            for index in range(len(commands)):
                 try:
-                    replies.append(await conn.read_response(disable_decoding=True))
+                    reply = await conn.read_response(disable_decoding=True)
                 except rex.ResponseError as exc:
                     error = error or exc
                     replies.append(exc)
-        except BaseException:
+                    continue
+                replies.append(reply)
+                if on_reply is not None and error is None:
+                    on_reply(index, reply)
+        except BaseException as exc:
             await self.discard(conn)
+            if isinstance(exc, AMBIGUOUS):
+                self._mark_stale()  # a failed node: its replica may own the slot now
             raise
         finally:
             conn.socket_timeout = saved
         if error is not None:
-            raise error
+            raise self._classify(error)
         return replies
+
+    def _classify(self, error: rex.ResponseError) -> rex.ResponseError:
+        if not isinstance(error, REROUTE):
+            cls = _REROUTE_BY_PREFIX.get(str(error).split(" ", 1)[0])
+            if cls is None:
+                return error
+            error = cls(str(error))
+        self._mark_stale()
+        return error
 
     async def call(self, *command: Any) -> Any:
         """Run one command on a borrowed connection."""
@@ -217,7 +361,7 @@ class Link:
         finally:
             conn.socket_timeout = saved
 
-    async def unblock(self, client_id: int) -> None:
+    async def unblock(self, client_id: int, conn: AbstractConnection | None = None) -> None:
         """Wake a connection blocked in BLMOVE, which then answers ``-UNBLOCKED``.
 
         The ERROR form is used on purpose: on Redis 7.0, ``CLIENT UNBLOCK ...
@@ -225,7 +369,15 @@ class Link:
         during a failover) crashes the server.
         """
         try:
-            await self.call("CLIENT", "UNBLOCK", client_id, "ERROR")
+            pool = self._home.get(conn) if conn is not None and self.cluster else None
+            if pool is None:
+                await self.call("CLIENT", "UNBLOCK", client_id, "ERROR")
+            else:  # the blocked connection's own node, wherever the slot is now
+                other = await pool.get()
+                try:
+                    await self.run(other, [("CLIENT", "UNBLOCK", client_id, "ERROR")])
+                finally:
+                    await pool.put(other)
         except AMBIGUOUS + TRANSIENT as exc:
             log.debug("CLIENT UNBLOCK %s failed: %r", client_id, exc)
 

@@ -55,11 +55,13 @@ def name(value: object, param: str = "name") -> str:
 
 def client(value: Any) -> Any:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
-    if not isinstance(value, Redis):
+    if not isinstance(value, (Redis, RedisCluster)):
         raise TypeError(
-            "redis_client must be a redis.asyncio.Redis client (for example "
-            "redis.asyncio.Redis.from_url(url)), got "
+            "redis_client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster "
+            "client (for example redis.asyncio.Redis.from_url(url), or a Sentinel's "
+            "master_for(...)), got "
             f"{type(value).__module__}.{type(value).__qualname__}"
         )
     return value

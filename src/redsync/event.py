@@ -3,32 +3,42 @@
 Each :meth:`RedisEvent.set` adds one signal to a Redis list; each
 :meth:`RedisEvent.wait` takes exactly one.  Signals nobody waits for stay in
 Redis until a waiter comes.  Waiting blocks on the server (BLMOVE into a
-per-lane inbox, so a signal handed out is never in limbo), and a cancelled or
-timed-out wait hands back a signal that reached it too late.
+per-lane inbox) and a signal counts as delivered only once the waiter has
+acknowledged it, by moving it out of the inbox.  A waiter that dies between
+the two leaves the signal in its inbox, where any other waiter finds it
+(through the registry of inboxes) and puts it back; a cancelled or timed-out
+wait hands back a signal that reached it too late.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import _validate
 from ._keys import KeySpace
 from ._lanes import Dispatcher, Lane
-from ._link import Command, Link, retrying, text
+from ._link import Client, Command, Link, retrying, text
 from .exceptions import RedisEventError, RedisEventTimeoutError
 
 __all__ = ["EventStatistics", "RedisEvent"]
 
 MAX_LANES = 16
-MAX_BLOCK = 30.0
+#: Longest single BLMOVE; a lane re-registers its inbox each time it blocks again.
+MAX_BLOCK = 10.0
 READ_GRACE = 5.0
-#: How long an inbox (a lane's hand-off list) outlives its last use, in ms.
-INBOX_TTL_MS = 3_600_000
+#: How long after a lane blocks its inbox may be presumed abandoned (ms).  Only
+#: speed depends on it: a live waiter whose signal is taken back sees its
+#: acknowledgement fail and waits again.
+INBOX_LEASE_MS = int((MAX_BLOCK + 10.0) * 1000)
+#: How many abandoned inboxes one lane looks up per block.
+REAP_BATCH = 8
+#: How long a lane's acknowledgement record is kept (ms): for retries after a lost reply.
+ACK_RECORD_TTL_MS = 120_000
 #: How long the record that a push happened is kept, so a retried push is not doubled (ms).
 PUSH_RECORD_TTL_MS = 120_000
 
@@ -58,16 +68,19 @@ class RedisEvent:
     """
 
     def __init__(
-        self, redis_client: Redis, name: str, *, key_prefix: str = "redsync:event"
+        self, redis_client: Client, name: str, *, key_prefix: str = "redsync:event"
     ) -> None:
         _validate.client(redis_client)
         self.name = _validate.name(name)
         _validate.key_prefix(key_prefix)
         self._keys = KeySpace(key_prefix, name)
         self._signals = self._keys.key("signals")
-        self._link = Link(redis_client)
+        self._inboxes = self._keys.key("inboxes")
+        self._link = Link(redis_client, self._signals)
         instance = uuid.uuid4().hex[:16]
         lanes = [Lane(i, self._keys.key(f"inbox:{instance}.{i}")) for i in range(MAX_LANES)]
+        for lane in lanes:
+            lane.extra["ack"] = self._keys.key(f"acked:{instance}.{lane.index}")
         self._dispatcher: Dispatcher[str] = Dispatcher(
             self._link, self, lanes, lambda: RedisEventError(f"event {name!r} is closed")
         )
@@ -123,26 +136,37 @@ class RedisEvent:
     # -- lanes (called by the dispatcher) ------------------------------------
 
     async def pull(self, lane: Lane, block: bool) -> str | None:
-        if lane.conn is None:
-            lane.conn = await self._link.borrow()
-        conn = lane.conn
+        lane.conn = conn = await self._link.ensure(lane.conn)
         if lane.dirty:
             await self._recover(lane)
-        prefix: list[Command] = [("DEL", lane.key)] if lane.extra.get("taken") else []
         if block:
             await self._link.client_id(conn)
             move: Command = ("BLMOVE", self._signals, lane.key, "LEFT", "RIGHT", MAX_BLOCK)
         else:
             move = ("LMOVE", self._signals, lane.key, "LEFT", "RIGHT")
+        now = int(time.time() * 1000)
         lane.blocked = block
+
+        def on_reply(index: int, reply: Any) -> None:
+            # Read before the BLMOVE answers: abandoned inboxes are emptied
+            # while this lane waits, not after.
+            if index == 1 and isinstance(reply, list) and reply:
+                self._dispatcher.background(self._reap([text(key) for key in reply]))
+
         try:
             replies = await self._link.run(
                 conn,
-                [*prefix, move, ("PEXPIRE", lane.key, INBOX_TTL_MS)],
+                [
+                    ("ZADD", self._inboxes, now + INBOX_LEASE_MS, lane.key),
+                    ("ZRANGEBYSCORE", self._inboxes, "-inf", now, "LIMIT", 0, REAP_BATCH),
+                    move,
+                ],
                 read_timeout=MAX_BLOCK + READ_GRACE,
+                on_reply=on_reply,
             )
         except ResponseError as exc:
             if not str(exc).startswith("UNBLOCKED"):
+                lane.dirty = True
                 raise
             # Woken by CLIENT UNBLOCK.  A command postponed by CLIENT PAUSE
             # may still run after this answer (Redis 7.0), which would shift
@@ -156,13 +180,45 @@ class RedisEvent:
             raise
         finally:
             lane.blocked = False
-        reply = replies[len(prefix)]
-        lane.extra["taken"] = reply is not None
-        if reply is None:
+        if replies[2] is None:
             return None
-        signal = text(reply)
-        lane.extra["delivered"] = signal
-        return signal
+        signal = text(replies[2])
+        lane.extra["acking"] = signal
+        try:
+            acked = await retrying(lambda ambiguous: self._ack(lane, signal, ambiguous))
+        except BaseException:
+            lane.dirty = True
+            raise
+        lane.extra["acking"] = None
+        return signal if acked else None
+
+    async def _ack(self, lane: Lane, signal: str, ambiguous: bool) -> bool:
+        """Take ``signal`` out of the lane's inbox; False if another waiter put it back.
+
+        The signal moves into the lane's acknowledgement record, so an
+        attempt whose reply was lost can be told apart from a reaped inbox.
+        """
+        record = lane.extra["ack"]
+        lane.conn = conn = await self._link.ensure(lane.conn)
+        if ambiguous:
+            (items,) = await self._link.run(conn, [("LRANGE", record, 0, -1)])
+            if signal in map(text, items):
+                return True
+        replies = await self._link.run(
+            conn,
+            [
+                ("MULTI",),
+                ("LMOVE", lane.key, record, "LEFT", "RIGHT"),
+                ("LTRIM", record, -1, -1),
+                ("PEXPIRE", record, ACK_RECORD_TTL_MS),
+                ("ZREM", self._inboxes, lane.key),
+                ("EXEC",),
+            ],
+        )
+        moved = replies[-1][0]
+        if moved is not None and text(moved) != signal:  # pragma: no cover - protocol bug
+            raise RedisEventError(f"inbox {lane.key!r} held {text(moved)!r}, expected {signal!r}")
+        return moved is not None
 
     async def settle(self, lane: Lane) -> None:
         await self._recover(lane)
@@ -194,26 +250,55 @@ class RedisEvent:
         await retrying(push, what="event set")
 
     async def _recover(self, lane: Lane) -> None:
-        """After a lost reply: put back any signal the server moved into the inbox for us."""
-        conn = lane.conn or await self._link.borrow()
+        """After a lost reply or a cancellation: hand back what this lane holds undelivered.
+
+        That is a signal still in the inbox, or one acknowledged (moved into
+        the record) but never returned to a waiter.
+        """
+        own = lane.conn is None
+        conn = await self._link.borrow() if own else await self._link.ensure(lane.conn)
+        if not own:
+            lane.conn = conn
         try:
-            (items,) = await self._link.run(conn, [("LRANGE", lane.key, 0, -1)])
-            delivered = lane.extra.get("delivered")
-            for item in map(text, items):
-                if item != delivered:
-                    # Atomic: a repeated recovery cannot push the same copy twice.
+            await self._link.run(conn, self._put_back(lane.key))
+            acking = lane.extra.get("acking")
+            if isinstance(acking, str):
+                record = lane.extra["ack"]
+                replies = await self._link.run(conn, [("LRANGE", record, 0, -1)])
+                if acking in map(text, replies[0]):
                     await self._link.run(
                         conn,
                         [
                             ("MULTI",),
-                            ("LREM", lane.key, 1, item),
-                            ("LPUSH", self._signals, item),
+                            ("LREM", record, 0, acking),
+                            ("LPUSH", self._signals, acking),
                             ("EXEC",),
                         ],
                     )
-            await self._link.run(conn, [("DEL", lane.key)])
         finally:
-            if lane.conn is None:
+            if own:
                 await self._link.give_back(conn)
-        lane.extra["taken"] = False
+        lane.extra["acking"] = None
         lane.dirty = False
+
+    def _put_back(self, inbox: str) -> list[Command]:
+        """One transaction: the inbox's signal (at most one) back to the head, unregistered."""
+        return [
+            ("MULTI",),
+            ("LMOVE", inbox, self._signals, "RIGHT", "LEFT"),
+            ("ZREM", self._inboxes, inbox),
+            ("EXEC",),
+        ]
+
+    async def _reap(self, inboxes: list[str]) -> None:
+        """Put back the signals of inboxes whose waiters stopped re-registering.
+
+        No check that the owner is really gone is needed: if it is alive and
+        was about to acknowledge, its acknowledgement finds the inbox empty
+        and it waits again, so a signal is never delivered twice.
+        """
+        conn = await self._link.borrow()
+        try:
+            await self._link.run(conn, [cmd for inbox in inboxes for cmd in self._put_back(inbox)])
+        finally:
+            await self._link.give_back(conn)

@@ -24,12 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from . import _validate
 from ._keys import KeySpace
 from ._lanes import Dispatcher, Lane
-from ._link import Link, retrying, text
+from ._link import Client, Link, retrying, text
 from ._semaphore_ops import LaneState, LuaOps, Meta, SemaphoreOps, TxOps, now_ms
 from ._watchdog import Watchdog
 from .exceptions import (
@@ -174,7 +172,7 @@ class RedisSemaphore:
 
     def __init__(
         self,
-        redis_client: Redis,
+        redis_client: Client,
         name: str,
         *,
         meta: Meta,
@@ -216,7 +214,7 @@ class RedisSemaphore:
     @classmethod
     async def create(
         cls,
-        redis_client: Redis,
+        redis_client: Client,
         name: str,
         *,
         count: int = 1,
@@ -239,7 +237,7 @@ class RedisSemaphore:
         ttl = _validate.lease_ttl(lease_ttl)
         strategy = _strategy(semaphore_init_strategy)
         keys = KeySpace(key_prefix, name)
-        link = Link(redis_client)
+        link = Link(redis_client, keys.key("meta"))
         ops = _ops_for(strategy, link, keys)
         gen = uuid.uuid4().hex[:12]
         ttl_ms = max(1, round(ttl * 1000))
@@ -255,7 +253,7 @@ class RedisSemaphore:
     @classmethod
     async def attach(
         cls,
-        redis_client: Redis,
+        redis_client: Client,
         name: str,
         *,
         timeout: float | None = 60.0,
@@ -275,7 +273,7 @@ class RedisSemaphore:
         wait = _validate.timeout(timeout)
         ttl = _validate.lease_ttl(lease_ttl)
         keys = KeySpace(key_prefix, name)
-        link = Link(redis_client)
+        link = Link(redis_client, keys.key("meta"))
         reader = LuaOps(link, keys)
         loop = asyncio.get_running_loop()
         deadline = None if wait is None else loop.time() + wait
@@ -475,9 +473,7 @@ class RedisSemaphore:
                 # Never move a permit into a slot that is not (freshly) leased:
                 # it could otherwise outlive the lease unnoticed.
                 await self._sync()
-            if lane.conn is None:
-                lane.conn = await self._link.borrow()
-            conn = lane.conn
+            lane.conn = conn = await self._link.ensure(lane.conn)
             pool = self._keys.key("pool")
             if block and self._link.known_client_id(conn) is None:
                 await self._link.client_id(conn)
