@@ -131,6 +131,11 @@ class Link:
         #: the pool's locking and bookkeeping.
         self._spare: AbstractConnection | None = None
         self._closed = False
+        #: Replicas every write must reach (WAIT) before it counts as done; 0: none.
+        self.replicas = 0
+        self.replica_timeout_ms = 0
+        #: Writes that WAIT reported as reaching fewer replicas than asked.
+        self.replica_shortfalls = 0
 
     # -- where connections come from -------------------------------------------
 
@@ -303,12 +308,50 @@ class Link:
             conn = await self.borrow()
         try:
             try:
-                return (await self.run(conn, [("EVALSHA", script.sha, len(keys), *keys, *args)]))[0]
+                sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+                return (await self.write(conn, [sha]))[0]
             except rex.NoScriptError:
-                return (await self.run(conn, [("EVAL", script.source, len(keys), *keys, *args)]))[0]
+                source = ("EVAL", script.source, len(keys), *keys, *args)
+                return (await self.write(conn, [source]))[0]
         finally:
             if own:
                 await self.give_back(conn)
+
+    async def write(self, conn: AbstractConnection, commands: Sequence[Command]) -> list[Any]:
+        """:meth:`run` for a batch that changes state: with ``replicas`` set, the
+        same write also waits (WAIT, pipelined: no extra round trip) until that
+        many replicas have it, and counts a shortfall if they do not in time."""
+        if not self.replicas:
+            return await self.run(conn, commands)
+        replies = await self.run(conn, [*commands, self._wait_command()])
+        self._count_acks(replies[-1])
+        return replies[:-1]
+
+    async def replicate(self, conn: AbstractConnection) -> None:
+        """Wait until ``replicas`` replicas have every write made on ``conn`` (if set)."""
+        if self.replicas:
+            try:
+                (acks,) = await self.run(conn, [self._wait_command()])
+            except AMBIGUOUS + TRANSIENT as exc:
+                log.debug("WAIT failed: %r", exc)
+                acks = 0
+            self._count_acks(acks)
+
+    def _wait_command(self) -> Command:
+        return ("WAIT", self.replicas, self.replica_timeout_ms)
+
+    def _count_acks(self, acks: Any) -> None:
+        if int(acks) < self.replicas:
+            if not self.replica_shortfalls:
+                log.warning(
+                    "only %s of %s replicas acknowledged a write within %s ms; "
+                    "a failover now could undo it (further shortfalls are counted "
+                    "in statistics())",
+                    acks,
+                    self.replicas,
+                    self.replica_timeout_ms,
+                )
+            self.replica_shortfalls += 1
 
     async def client_id(self, conn: AbstractConnection) -> int:
         """The server-side id of ``conn``, fetched once per physical connection."""

@@ -182,7 +182,7 @@ class TxOps(_Base):
                 if writes is None:
                     await self.link.run(conn, [("UNWATCH",)])
                     return result
-                replies = await self.link.run(conn, [("MULTI",), *writes, ("EXEC",)])
+                replies = await self.link.write(conn, [("MULTI",), *writes, ("EXEC",)])
                 if replies[-1] is not None:
                     return result
             finally:

@@ -45,6 +45,29 @@ def lease_ttl(value: object) -> float:
     return result
 
 
+MAX_REPLICAS = 1000
+MIN_REPLICA_TIMEOUT = 0.001
+MAX_REPLICA_TIMEOUT = 3600.0
+
+
+def replicas(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"replicas must be an int, got {type(value).__name__}")
+    if not 0 <= value <= MAX_REPLICAS:
+        raise ValueError(f"replicas must be from 0 to {MAX_REPLICAS}, got {value!r}")
+    return value
+
+
+def replica_timeout(value: object) -> float:
+    result = _number(value, "replica_timeout")
+    if not MIN_REPLICA_TIMEOUT <= result <= MAX_REPLICA_TIMEOUT:
+        raise ValueError(
+            f"replica_timeout must be from {MIN_REPLICA_TIMEOUT} to {MAX_REPLICA_TIMEOUT:.0f} "
+            f"seconds (WAIT never waits forever here), got {value!r}"
+        )
+    return result
+
+
 def name(value: object, param: str = "name") -> str:
     if not isinstance(value, str):
         raise TypeError(f"{param} must be a non-empty str, got {type(value).__name__}")

@@ -92,6 +92,8 @@ class SemaphoreStatistics:
     tasks_waiting: int
     lanes_active: int
     leases_lost: int
+    #: Acquisitions and releases that fewer than ``replicas`` replicas acknowledged in time.
+    replica_shortfalls: int = 0
 
 
 @dataclass(eq=False)
@@ -133,6 +135,16 @@ def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
         raise RedisSemaphoreCountError(value)
     return value
+
+
+def _link_for(client: Client, keys: KeySpace, replicas: int, replica_timeout: float) -> Link:
+    """The semaphore's connection handler, checking the replication options first."""
+    wanted = _validate.replicas(replicas)
+    timeout_ms = max(1, round(_validate.replica_timeout(replica_timeout) * 1000))
+    link = Link(client, keys.key("meta"))
+    link.replicas = wanted
+    link.replica_timeout_ms = timeout_ms
+    return link
 
 
 def _ops_for(strategy: SemaphoreInitStrategy, link: Link, keys: KeySpace) -> SemaphoreOps:
@@ -221,6 +233,8 @@ class RedisSemaphore:
         lease_ttl: float = 300.0,
         semaphore_init_strategy: SemaphoreInitStrategy = SemaphoreInitStrategy.LUA,
         key_prefix: str = "redsync:semaphore",
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
     ) -> RedisSemaphore:
         """Create the semaphore ``name`` with ``count`` permits, or join it.
 
@@ -229,6 +243,12 @@ class RedisSemaphore:
         :class:`RedisSemaphoreCountMismatchError`.  ``lease_ttl`` (seconds,
         fractions honoured to the millisecond) is how long the keys and this
         instance's permits outlive it if it crashes.
+
+        ``replicas=N`` (default 0) makes every acquisition and release wait,
+        with Redis ``WAIT``, until N replicas have it (at most
+        ``replica_timeout`` seconds): a failover promoting one of them then
+        cannot undo it.  A write that fewer replicas acknowledged in time
+        still counts, and is counted in ``statistics().replica_shortfalls``.
         """
         _validate.client(redis_client)
         _validate.name(name)
@@ -237,7 +257,7 @@ class RedisSemaphore:
         ttl = _validate.lease_ttl(lease_ttl)
         strategy = _strategy(semaphore_init_strategy)
         keys = KeySpace(key_prefix, name)
-        link = Link(redis_client, keys.key("meta"))
+        link = _link_for(redis_client, keys, replicas, replica_timeout)
         ops = _ops_for(strategy, link, keys)
         gen = uuid.uuid4().hex[:12]
         ttl_ms = max(1, round(ttl * 1000))
@@ -259,6 +279,8 @@ class RedisSemaphore:
         timeout: float | None = 60.0,
         lease_ttl: float = 300.0,
         key_prefix: str = "redsync:semaphore",
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
     ) -> RedisSemaphore:
         """Join the semaphore ``name`` once somebody has created it.
 
@@ -273,7 +295,7 @@ class RedisSemaphore:
         wait = _validate.timeout(timeout)
         ttl = _validate.lease_ttl(lease_ttl)
         keys = KeySpace(key_prefix, name)
-        link = Link(redis_client, keys.key("meta"))
+        link = _link_for(redis_client, keys, replicas, replica_timeout)
         reader = LuaOps(link, keys)
         loop = asyncio.get_running_loop()
         deadline = None if wait is None else loop.time() + wait
@@ -444,6 +466,7 @@ class RedisSemaphore:
             tasks_waiting=self._dispatcher.waiting,
             lanes_active=self._dispatcher.active_lanes,
             leases_lost=self._leases_lost,
+            replica_shortfalls=self._link.replica_shortfalls,
         )
 
     @property
@@ -500,7 +523,9 @@ class RedisSemaphore:
         if reply is None:
             self._wake_slot_waiters()
             return None
-        return self._hold(slot, text(reply)).token
+        token = self._hold(slot, text(reply)).token
+        await self._link.replicate(conn)  # with replicas=N: durable before it is handed out
+        return token
 
     async def settle(self, lane: Lane) -> None:
         # Slots, not lanes, carry state: a dirty slot is settled by a renewal.
