@@ -20,9 +20,14 @@ from urllib.parse import urlsplit
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 
 from _infra.proxy import FaultProxy
 from _infra.servers import REDIS_SERVER, RedisServer, ensure_default_redis, kill_all_servers
+from _infra.topologies import ClusterTopology, SentinelTopology
+
+pytest_plugins = ["topology_fixtures"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -116,14 +121,60 @@ def redis_url() -> str:
     return ensure_default_redis(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
 
 
+# --------------------------------------------------------------------------- topologies
+#
+# A test module (or test) opts in with ``pytestmark = pytest.mark.usefixtures("topology")``:
+# it then runs once per deployment, and its ``redis`` / ``redis_factory()`` clients
+# are a plain client of the shared server, a RedisCluster client of a private
+# 3-master cluster, or a Sentinel ``master_for`` client of a private master +
+# replica + 3 sentinels. The private set-ups are started once per session (on
+# first use) and stopped by pid at the end.
+
+TOPOLOGIES = ("standalone", "cluster", "sentinel")
+
+
+@pytest.fixture(scope="session")
+def shared_cluster() -> Iterator[ClusterTopology]:
+    with ClusterTopology(masters=3, replicas_per_master=0) as topology:
+        yield topology
+
+
+@pytest.fixture(scope="session")
+def shared_sentinel() -> Iterator[SentinelTopology]:
+    with SentinelTopology(replicas=1, sentinels=3) as topology:
+        yield topology
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest) -> str:
+    """The deployment this test runs against (see above)."""
+    name: str = request.param
+    if name != "standalone":
+        request.getfixturevalue(f"shared_{name}")  # started here, not inside the event loop
+    return name
+
+
+def _client_for(request: pytest.FixtureRequest, redis_url: str, **kwargs: Any) -> Any:
+    name = request.getfixturevalue("topology") if "topology" in request.fixturenames else None
+    if name == "cluster":
+        cluster: ClusterTopology = request.getfixturevalue("shared_cluster")
+        return RedisCluster.from_url(cluster.startup_url, **kwargs)
+    if name == "sentinel":
+        setup: SentinelTopology = request.getfixturevalue("shared_sentinel")
+        sentinel = Sentinel(setup.sentinel_addresses, socket_timeout=5)
+        return sentinel.master_for(setup.service_name, **kwargs)
+    return aioredis.Redis.from_url(redis_url, **kwargs)
+
+
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """An asyncio client for ``redis_url`` (``Redis.from_url``, bytes replies).
+async def redis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client for ``redis_url`` (``Redis.from_url``, bytes replies), or for
+    the test's ``topology`` when it has one.
 
     NB: with redis-py 8 ``from_url`` clients have NO retry (``Redis(host=, port=)``
     gets the default Retry) and speak RESP3; redis-py 5.0 speaks RESP2.
     """
-    client = aioredis.Redis.from_url(redis_url)
+    client = _client_for(request, redis_url)
     try:
         yield client
     finally:
@@ -131,17 +182,23 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def redis_factory(redis_url: str) -> AsyncIterator[RedisFactory]:
+async def redis_factory(
+    request: pytest.FixtureRequest, redis_url: str
+) -> AsyncIterator[RedisFactory]:
     """``make(url=None, **kwargs) -> redis.asyncio.Redis``; every client is closed at teardown.
 
-    ``url`` defaults to ``redis_url``; kwargs go to ``Redis.from_url``.
+    ``url`` defaults to ``redis_url`` (or the test's ``topology``); kwargs go to
+    ``Redis.from_url``.
     """
-    clients: list[aioredis.Redis] = []
+    clients: list[Any] = []
 
     def make(url: str | None = None, **kwargs: Any) -> aioredis.Redis:
-        client = aioredis.Redis.from_url(url or redis_url, **kwargs)
+        if url is None:
+            client = _client_for(request, redis_url, **kwargs)
+        else:
+            client = aioredis.Redis.from_url(url, **kwargs)
         clients.append(client)
-        return client
+        return client  # type: ignore[no-any-return]
 
     try:
         yield make

@@ -207,6 +207,9 @@ def test_create_signature() -> None:
         ("lease_ttl", KW, 300.0),
         ("semaphore_init_strategy", KW, SemaphoreInitStrategy.LUA),
         ("key_prefix", KW, "redsync:semaphore"),
+        # Additions to 2.0's signature: keyword-only, defaults keep 2.0's behaviour.
+        ("replicas", KW, 0),
+        ("replica_timeout", KW, 0.5),
     ]
 
 
@@ -219,6 +222,8 @@ def test_attach_signature() -> None:
         ("timeout", KW, 60.0),
         ("lease_ttl", KW, 300.0),
         ("key_prefix", KW, "redsync:semaphore"),
+        ("replicas", KW, 0),
+        ("replica_timeout", KW, 0.5),
     ]
 
 

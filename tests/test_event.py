@@ -30,6 +30,9 @@ from redsync._keys import KeySpace
 
 PREFIX = "redsync:event"
 
+#: Run this test on a standalone server, a Redis Cluster and a Sentinel set-up.
+ALL_TOPOLOGIES = pytest.mark.usefixtures("topology")
+
 
 def signals_key(name: str, prefix: str = PREFIX) -> str:
     """The list that holds an event's pending signals."""
@@ -98,6 +101,7 @@ async def settle(events: list[RedisEvent], drainer: RedisEvent, expected: int, g
 # --------------------------------------------------------------------------- semantics
 
 
+@ALL_TOPOLOGIES
 async def test_each_set_wakes_exactly_one_waiter(
     redis: aioredis.Redis, redis_factory: Callable[..., aioredis.Redis], unique_name: str
 ) -> None:
@@ -130,6 +134,7 @@ async def test_each_set_wakes_exactly_one_waiter(
         await event.close()
 
 
+@ALL_TOPOLOGIES
 async def test_set_with_nobody_waiting_is_kept(redis: aioredis.Redis, unique_name: str) -> None:
     setter = RedisEvent(redis, unique_name)
     await setter.set()
@@ -144,6 +149,7 @@ async def test_set_with_nobody_waiting_is_kept(redis: aioredis.Redis, unique_nam
         await late.wait(timeout=0)
 
 
+@ALL_TOPOLOGIES
 async def test_pending_signals_add_up(redis: aioredis.Redis, unique_name: str) -> None:
     setter = RedisEvent(redis, unique_name)
     for _ in range(3):
@@ -157,6 +163,7 @@ async def test_pending_signals_add_up(redis: aioredis.Redis, unique_name: str) -
         await taker.wait(timeout=0)
 
 
+@ALL_TOPOLOGIES
 async def test_clear_drops_pending_signals(redis: aioredis.Redis, unique_name: str) -> None:
     event = RedisEvent(redis, unique_name)
     await event.clear()  # nothing pending: no error
@@ -175,6 +182,7 @@ async def test_clear_drops_pending_signals(redis: aioredis.Redis, unique_name: s
     assert not await event.is_set()
 
 
+@ALL_TOPOLOGIES
 async def test_is_set_reflects_redis(redis: aioredis.Redis, unique_name: str) -> None:
     event = RedisEvent(redis, unique_name)
     assert await event.is_set() is False
@@ -184,6 +192,7 @@ async def test_is_set_reflects_redis(redis: aioredis.Redis, unique_name: str) ->
     assert await event.is_set() is False
 
 
+@ALL_TOPOLOGIES
 async def test_wait_zero_does_not_block(
     redis: aioredis.Redis, redis_factory: Callable[..., aioredis.Redis], unique_name: str
 ) -> None:
@@ -204,6 +213,7 @@ async def test_wait_zero_does_not_block(
     assert await redis.llen(signals_key(unique_name)) == 0
 
 
+@ALL_TOPOLOGIES
 async def test_prefixes_separate_events(redis: aioredis.Redis, unique_name: str) -> None:
     a = RedisEvent(redis, unique_name, key_prefix=f"{PREFIX}-a")
     b = RedisEvent(redis, unique_name, key_prefix=f"{PREFIX}-b")
@@ -215,6 +225,7 @@ async def test_prefixes_separate_events(redis: aioredis.Redis, unique_name: str)
     await a.wait(0)
 
 
+@ALL_TOPOLOGIES
 async def test_close_fails_pending_waits(redis: aioredis.Redis, unique_name: str) -> None:
     event = RedisEvent(redis, unique_name)
     task = asyncio.ensure_future(event.wait(timeout=30))
@@ -232,6 +243,7 @@ async def test_close_fails_pending_waits(redis: aioredis.Redis, unique_name: str
 # --------------------------------------------------------------------------- fairness, scale
 
 
+@ALL_TOPOLOGIES
 async def test_local_waiters_are_served_fifo(redis: aioredis.Redis, unique_name: str) -> None:
     event = RedisEvent(redis, unique_name)
     setter = RedisEvent(redis, unique_name)
@@ -280,6 +292,7 @@ async def test_many_waiters_share_few_connections(
 # --------------------------------------------------------------------------- storms
 
 
+@ALL_TOPOLOGIES
 async def test_cancellation_storm_loses_and_duplicates_nothing(
     redis: aioredis.Redis, redis_factory: Callable[..., aioredis.Redis], unique_name: str
 ) -> None:

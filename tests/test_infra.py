@@ -490,7 +490,7 @@ def test_backstop_aborts_a_session_hung_in_teardown(tmp_path: Path) -> None:
     (suite / "test_hang.py").write_text(textwrap.dedent(_HANGING_SUITE))
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
-        "timeout = 1\n"
+        "timeout = 1\npythonpath = tests\n"
     )
     pid_file = tmp_path / "server.pid"
     env = {**os.environ, "REDSYNC_TEST_BACKSTOP_GRACE": "2", "PID_FILE": str(pid_file)}

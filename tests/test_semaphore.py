@@ -17,6 +17,9 @@ from redsync import (
     SemaphoreInitStrategy,
 )
 
+# Every test here runs on a standalone server, a Redis Cluster and a Sentinel set-up.
+pytestmark = pytest.mark.usefixtures("topology")
+
 
 @pytest.fixture(params=list(SemaphoreInitStrategy), ids=lambda s: s.value)
 def strategy(request: pytest.FixtureRequest) -> SemaphoreInitStrategy:

@@ -1,4 +1,5 @@
-"""Test infrastructure for redsync: private Redis servers, a fault proxy, waiting helpers.
+"""Test infrastructure for redsync: private Redis servers, Cluster / Sentinel / TLS
+set-ups (topologies.py), a fault proxy, waiting helpers.
 
 Nothing in here imports redsync.
 """

@@ -102,8 +102,13 @@ class RedisServer:
     ``extra_args`` are appended to the command line (``["--requirepass", "pw"]``,
     ``["--aclfile", path]`` ...). ``cli_auth`` is put in front of every
     :meth:`cli` call (``["--user", "admin", "--pass", "pw"]``) for servers that
-    need authentication. The process is started with ``Popen`` (no daemonize)
+    need authentication. ``config_file`` is passed as the first argument (a
+    sentinel needs a writable config file: ``RedisServer(["--sentinel"],
+    config_file=path)``). The process is started with ``Popen`` (no daemonize)
     so it is always stopped by pid.
+
+    Subclasses may override :meth:`_listen_args` (which ports to open) and
+    :meth:`_answers_ping` (the readiness probe), e.g. for a TLS-only server.
     """
 
     def __init__(
@@ -113,10 +118,12 @@ class RedisServer:
         port: int | None = None,
         cli_auth: Sequence[str] = (),
         executable: str = REDIS_SERVER,
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.extra_args: list[str] = list(extra_args)
         self.cli_auth: list[str] = list(cli_auth)
         self.executable = executable
+        self.config_file: str | None = os.fspath(config_file) if config_file is not None else None
         self._port = port if port is not None else free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
@@ -154,15 +161,15 @@ class RedisServer:
         exe = shutil.which(self.executable)
         if exe is None:
             raise RuntimeError(f"{self.executable!r} not found on PATH. {_INSTALL_HINT}")
-        if ping(_HOST, self._port, timeout=0.5):
+        if self._answers_ping(timeout=0.5):
             # Otherwise we would mistake someone else's server for ours.
             raise RuntimeError(f"port {self._port} is already taken by another Redis server")
         self._dir = Path(tempfile.mkdtemp(prefix=f"redsync-redis-{self._port}-"))
         log_path = self._dir / "redis.log"
         cmd = [
             exe,
-            "--port",
-            str(self._port),
+            *([self.config_file] if self.config_file is not None else []),
+            *self._listen_args(),
             "--bind",
             _HOST,
             "--save",
@@ -182,7 +189,7 @@ class RedisServer:
         _live.add(self)
         deadline = time.monotonic() + _START_DEADLINE
         while True:
-            if ping(_HOST, self._port, timeout=0.5):
+            if self._answers_ping(timeout=0.5):
                 return self
             code = self._proc.poll()
             if code is not None or time.monotonic() > deadline:
@@ -197,6 +204,14 @@ class RedisServer:
                     f"redis-server on port {self._port} {reason}.\ncommand: {cmd}\nlog:\n{log_tail}"
                 )
             time.sleep(0.02)
+
+    def _listen_args(self) -> list[str]:
+        """Command-line arguments that open the listening port(s)."""
+        return ["--port", str(self._port)]
+
+    def _answers_ping(self, timeout: float) -> bool:
+        """Readiness probe: does a Redis server answer PING on our port?"""
+        return ping(_HOST, self._port, timeout=timeout)
 
     def stop(self) -> None:
         """Stop the process by pid: SIGTERM, then SIGKILL after 3 s. Idempotent."""
