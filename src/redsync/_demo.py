@@ -76,6 +76,7 @@ def run(url: str | None, workers: int, count: int, rounds: int, hold: float) -> 
                 str(rounds),
                 str(hold),
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -84,6 +85,17 @@ def run(url: str | None, workers: int, count: int, rounds: int, hold: float) -> 
     events: list[tuple[float, int, str]] = []
     failed = 0
     try:
+        # A common start line: process start-up takes longer than a round.
+        for proc in procs:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # "ready", or "" if it died (then it fails below)
+        for proc in procs:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            except OSError:
+                pass
         for proc in procs:
             out, _ = proc.communicate(timeout=120)
             failed += proc.returncode != 0
@@ -118,6 +130,8 @@ def worker(url: str, name: str, index: int, count: int, rounds: int, hold: float
     async def main() -> None:
         client = aioredis.Redis.from_url(url)
         sem = await RedisSemaphore.create(client, name, count=count, lease_ttl=10)
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         who = f"worker {index} (pid {os.getpid()})"
         for _ in range(rounds):
             async with sem:
