@@ -59,7 +59,7 @@ def cluster_with_replicas() -> Iterator[ClusterTopology]:
 
 @pytest.fixture
 def sentinel_setup() -> Iterator[SentinelTopology]:
-    """A started master + 1 replica watched by 3 sentinels (quorum 2, down after 1 s).
+    """A started master + 1 replica watched by 3 sentinels (quorum 2, down after 2 s).
 
     Connect with ``Sentinel(sentinel_setup.sentinel_addresses, socket_timeout=...)
     .master_for(sentinel_setup.service_name)``.
