@@ -486,6 +486,7 @@ def test_backstop_aborts_a_session_hung_in_teardown(tmp_path: Path) -> None:
     suite = tmp_path / "tests"
     suite.mkdir()
     shutil.copy(tests_dir / "conftest.py", suite / "conftest.py")
+    shutil.copy(tests_dir / "topology_fixtures.py", suite / "topology_fixtures.py")
     shutil.copytree(tests_dir / "_infra", suite / "_infra")
     (suite / "test_hang.py").write_text(textwrap.dedent(_HANGING_SUITE))
     (tmp_path / "pytest.ini").write_text(
