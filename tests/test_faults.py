@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from _infra import wait_until
 from _infra.proxy import FaultProxy
 from _infra.servers import RedisServer
-from helpers import assert_permits, keyspace, tokens
+from helpers import assert_permits, keys_of, keyspace, tokens
 from redsync import (
     RedisSemaphore,
     RedisSemaphoreLeaseLostError,
@@ -102,6 +102,40 @@ async def test_permits_of_a_sigkilled_process_return_within_the_lease(
         await survivor.release()
     await survivor.close()
     await assert_permits(redis, unique_name, 3, free=3)
+
+
+async def test_a_dead_holders_permit_comes_back_even_if_its_slot_expired_first(
+    redis_url: str,
+    redis: aioredis.Redis,
+    unique_name: str,
+    holders: Callable[..., Holder],
+    strategy: SemaphoreInitStrategy,
+) -> None:
+    """No survivor renewed during the second half of the dead holder's lease (a
+    stalled survivor, a slow network), so its slot expired with the permit inside
+    before anyone could reclaim it: the survivors must re-create that permit."""
+    ttl = 1.0
+    survivor = await RedisSemaphore.create(
+        redis, unique_name, count=2, lease_ttl=ttl, semaphore_init_strategy=strategy
+    )
+    holder = holders(redis_url, unique_name, 2, ttl, 1)
+    line = await holder.line()
+    assert line.startswith("held")
+    dead = line.split()[1]
+    os.kill(holder.proc.pid, signal.SIGKILL)
+    holder.proc.wait(10)
+    # What expiry would do had every survivor been late: the slot, token inside, is gone.
+    slots = [k for k in await keys_of(redis, unique_name) if f":lane:{dead}." in k]
+    assert slots
+    assert sum([len(await redis.lrange(k, 1, -1)) for k in slots]) == 1
+    await redis.delete(*slots)
+    await survivor.acquire(timeout=10)
+    await survivor.acquire(timeout=10)  # the lost permit, re-created
+    await assert_permits(redis, unique_name, 2, free=0)
+    await survivor.release()
+    await survivor.release()
+    await survivor.close()
+    await assert_permits(redis, unique_name, 2, free=2)
 
 
 async def test_a_frozen_holder_learns_its_lease_was_lost(

@@ -124,6 +124,11 @@ class Link:
         )
         self._stale = False
         self._routing: asyncio.Lock | None = None
+        #: Connections closed after an error.  They are never reconnected in
+        #: place: the pool's own connect path is what finds a Sentinel's
+        #: current master (redis-py 8 reconnects a dropped connection to its
+        #: old address when it is simply used again).
+        self._broken: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
         self._client_ids: weakref.WeakKeyDictionary[AbstractConnection, tuple[object, int]] = (
             weakref.WeakKeyDictionary()
         )
@@ -170,7 +175,10 @@ class Link:
             self._stale = True
 
     def current(self, conn: AbstractConnection) -> bool:
-        """False when ``conn`` leads to a node that no longer owns the slot."""
+        """False when ``conn`` was closed after an error, or leads to a node that no
+        longer owns the slot."""
+        if conn in self._broken:
+            return False
         return not self.cluster or (not self._stale and self._home.get(conn) is self._pool)
 
     async def borrow(self) -> AbstractConnection:
@@ -198,6 +206,7 @@ class Link:
         await self._put(conn)
 
     async def _put(self, conn: AbstractConnection) -> None:
+        self._broken.discard(conn)  # the pool reconnects it properly before lending it again
         pool = self._home.pop(conn, None) if self.cluster else self._pool
         if pool is not None:
             await pool.put(conn)
@@ -217,9 +226,9 @@ class Link:
         if conn is not None:
             await self._put(conn)
 
-    @staticmethod
-    async def discard(conn: AbstractConnection) -> None:
+    async def discard(self, conn: AbstractConnection) -> None:
         """Close a connection whose state is unknown (a reply may be pending)."""
+        self._broken.add(conn)
         try:
             await conn.disconnect(nowait=True)
         except Exception:  # pragma: no cover - closing a broken socket
@@ -264,6 +273,14 @@ class Link:
                 replies.append(reply)
                 if on_reply is not None and error is None:
                     on_reply(index, reply)
+        except AttributeError as exc:
+            if getattr(conn, "_writer", None) is not None and getattr(conn, "_reader", None):
+                raise
+            # redis-py's way of saying that something else (a client's aclose(),
+            # a cluster node dropped from the slot map) closed it mid-command.
+            await self.discard(conn)
+            self._mark_stale()
+            raise rex.ConnectionError(f"connection closed while in use ({exc})") from exc
         except BaseException as exc:
             await self.discard(conn)
             if isinstance(exc, AMBIGUOUS):

@@ -139,7 +139,8 @@ class LuaOps(_Base):
 
     async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int:
         keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.lane_key, members)]
-        return int(await self._run("reclaim", keys, [ttl_ms, gen, len(members), *members]))
+        args = [ttl_ms, gen, len(members), *members, recovery_window_ms(ttl_ms)]
+        return int(await self._run("reclaim", keys, args))
 
     async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int:
         keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.lane_key, members)]
@@ -154,6 +155,11 @@ class LuaOps(_Base):
 Reader = Callable[[Sequence[Command]], Awaitable[list[Any]]]
 #: A transaction body: reads through the reader, returns (writes or None, result).
 Body = Callable[[Reader], Awaitable[tuple[list[Command] | None, R]]]
+
+
+def recovery_window_ms(ttl_ms: int) -> int:
+    """How long live instances have to report their permits after a loss."""
+    return round(ttl_ms * 0.45)
 
 
 def now_ms(time_reply: Any) -> int:
@@ -292,25 +298,37 @@ class TxOps(_Base):
         prefix = gen + ":"
 
         async def body(read: Reader) -> tuple[list[Command] | None, int]:
+            n = len(members)
             replies = await read(
                 [
-                    ("HGET", self.meta_key, "gen"),
+                    ("HMGET", self.meta_key, "gen", "recover"),
                     ("TIME",),
                     *(("ZSCORE", self.holders_key, m) for m in members),
                     *(("LRANGE", k, 1, -1) for k in lane_keys),
+                    *(("EXISTS", k) for k in lane_keys),
                 ]
             )
-            if replies[0] is None or text(replies[0]) != gen:
+            gen_found, recover = replies[0]
+            if gen_found is None or text(gen_found) != gen:
                 return None, -1
             now = now_ms(replies[1])
-            scores = replies[2 : 2 + len(members)]
-            contents = replies[2 + len(members) :]
+            scores = replies[2 : 2 + n]
+            contents = replies[2 + n : 2 + 2 * n]
+            exists = replies[2 + 2 * n :]
             writes: list[Command] = []
             returned: list[str] = []
-            for member, key, score, items in zip(members, lane_keys, scores, contents):
+            recovering = int(recover or 0) != 0
+            for member, key, score, items, present in zip(
+                members, lane_keys, scores, contents, exists
+            ):
                 if score is None:
                     continue
                 if float(score) <= now:
+                    if not int(present) and not recovering:
+                        # See semaphore_reclaim.lua: a lane gone with its permit.
+                        deadline = now + recovery_window_ms(ttl_ms)
+                        writes.append(("HSET", self.meta_key, "recover", deadline))
+                        recovering = True
                     returned += [t for t in _strings(items) if t.startswith(prefix)]
                     writes += [("DEL", key), ("ZREM", self.holders_key, member)]
                 else:

@@ -28,7 +28,15 @@ from . import _validate
 from ._keys import KeySpace
 from ._lanes import Dispatcher, Lane
 from ._link import Client, Link, retrying, text
-from ._semaphore_ops import LaneState, LuaOps, Meta, SemaphoreOps, TxOps, now_ms
+from ._semaphore_ops import (
+    LaneState,
+    LuaOps,
+    Meta,
+    SemaphoreOps,
+    TxOps,
+    now_ms,
+    recovery_window_ms,
+)
 from ._watchdog import Watchdog
 from .exceptions import (
     RedisSemaphoreCountError,
@@ -684,7 +692,7 @@ class RedisSemaphore:
             self._gen,
             self.strategy.value,
             self._ttl_ms,
-            round(self.lease_ttl * 1000 * 0.45),
+            recovery_window_ms(self._ttl_ms),
         )
         if result.status == "stale":
             log.warning(

@@ -1,7 +1,11 @@
 -- Return the permits of expired holders to the pool; keep the lanes of
 -- holders that are late but not yet expired alive until they are.
+-- An expired holder whose lane is already gone (it expired before anyone
+-- got here) may have held a permit nobody can see any more: open a
+-- recovery window, at whose end the permits found nowhere are re-created.
 -- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] lane of member i
 -- ARGV[1] ttl ms   ARGV[2] generation   ARGV[3] n   ARGV[3+i] member i
+-- ARGV[4+n] recovery window ms
 -- Returns the number of permits returned, or -1 if the generation differs.
 local ttl = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[2] then
@@ -17,6 +21,10 @@ for i = 1, tonumber(ARGV[3]) do
   local score = redis.call('ZSCORE', KEYS[3], member)
   if score then
     if tonumber(score) <= now then
+      if redis.call('EXISTS', key) == 0
+          and tonumber(redis.call('HGET', KEYS[1], 'recover') or '0') == 0 then
+        redis.call('HSET', KEYS[1], 'recover', now + tonumber(ARGV[4 + tonumber(ARGV[3])]))
+      end
       local tokens = redis.call('LRANGE', key, 1, -1)
       for _, token in ipairs(tokens) do
         if string.sub(token, 1, #prefix) == prefix then
