@@ -194,12 +194,18 @@ class Link:
         return conn
 
     async def ensure(self, conn: AbstractConnection | None) -> AbstractConnection:
-        """``conn`` if it still leads to the slot's owner, else a fresh connection."""
+        """``conn`` if it is still usable (see :meth:`current`), else a fresh connection.
+
+        The old one is given up only once the fresh one is in hand: if borrowing
+        fails, the caller still owns ``conn`` (and gives it back as usual), so no
+        connection is ever returned to the pool twice.
+        """
+        if conn is not None and self.current(conn):
+            return conn
+        fresh = await self.borrow()
         if conn is not None:
-            if self.current(conn):
-                return conn
             await self._retire(conn)
-        return await self.borrow()
+        return fresh
 
     async def _retire(self, conn: AbstractConnection) -> None:
         await self.discard(conn)
