@@ -21,8 +21,9 @@ def free_port() -> int:
 class RedisServer:
     """``redis-server`` without persistence, bound to 127.0.0.1, stopped by its pid."""
 
-    def __init__(self, binary: str = "redis-server") -> None:
+    def __init__(self, binary: str = "redis-server", extra_args: tuple[str, ...] = ()) -> None:
         self.binary = binary
+        self.extra_args = extra_args
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -49,6 +50,7 @@ class RedisServer:
                     self._dir.name,
                     "--logfile",
                     str(log),
+                    *self.extra_args,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

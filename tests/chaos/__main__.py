@@ -1,0 +1,10 @@
+"""``python -m tests.chaos``: see :mod:`tests.chaos.runner`."""
+
+from __future__ import annotations
+
+import sys
+
+from .runner import main
+
+if __name__ == "__main__":
+    sys.exit(main())

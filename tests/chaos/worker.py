@@ -1,0 +1,327 @@
+"""A chaos worker process: many tasks hammering one RedisSemaphore and one RedisEvent.
+
+Started by the runner as ``python -m tests.chaos.worker SPEC_JSON`` from the
+repository root.  Every observable step goes to the worker's own ledger (see
+:mod:`tests.chaos.ledger`) before or after the library call it describes, so
+that the observer can check the library from the outside:
+
+* ``ENTER`` is written right after ``acquire()`` returns and ``EXIT`` right
+  before ``release()`` is called (or ``async with`` exits), so a recorded
+  hold lies inside the time the permit is really held.
+* ``SO`` follows a ``set()`` that returned; ``WO`` a ``wait()`` that returned.
+
+Tasks: ``sem_tasks`` semaphore loops (random timeouts: none, tiny, zero,
+moderate; ``async with`` or explicit acquire/release; holds of 0 to
+``hold_max`` seconds), ``setters`` and ``waiters`` for the event, and one
+canceller that cancels random tasks at random moments (recording the phase
+each was in) and lets their supervisor start a fresh one.
+
+SIGTERM: stop looping, give tasks ``stop_grace`` seconds to finish their
+current step, cancel the rest, close the primitives and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import random
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import REPO_ROOT as _REPO_ROOT  # noqa: F401  (puts tests/ on sys.path)
+from .conn import close_client, make_client, replica_kwargs
+from .ledger import Ledger
+
+TINY_MAX = 0.05
+
+
+@dataclass
+class TaskState:
+    name: str
+    role: str  # "sem", "wait" or "set"
+    phase: str = "idle"
+    holding: bool = False
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL us when the runner dies; exit if it already has."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(3)
+
+
+def _event_instance(event: Any) -> str | None:
+    """Best effort: the instance id in this event's per-lane key names (internal detail).
+
+    Lets the audit tell the lists of killed workers from those of clean ones.
+    """
+    try:
+        key = str(event._dispatcher.lanes[0].key)  # "<prefix>:inbox:<instance>.0"
+    except Exception:
+        return None
+    tail = key.rsplit(":", 1)[-1]
+    return tail.rsplit(".", 1)[0] if "." in tail else None
+
+
+class Worker:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.id: str = spec["worker"]
+        self.ledger = Ledger(spec["ledger"])
+        self.rng = random.Random(spec["seed"])
+        self.stopping = False
+        self.current: dict[str, tuple[TaskState, asyncio.Task[None]]] = {}
+        self.sem: Any = None
+        self.event: Any = None
+        self.set_seq = 0
+
+    def rec(self, kind: str, task: str = "-", arg: object = "") -> None:
+        self.ledger.rec(kind, task, arg)
+
+    # -- main ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        from redsync import RedisEvent, RedisSemaphore
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        watch = asyncio.ensure_future(self._watch_parent(int(self.spec["parent"])))
+        self.rec("START", "-", os.getpid())
+        spec = self.spec
+        client = make_client(
+            spec["conn"], name=f"chaos-{self.id}", socket_timeout=spec["socket_timeout"]
+        )
+        replicas = spec.get("wait_replicas")
+
+        async def attach() -> Any:
+            while True:
+                try:
+                    return await RedisSemaphore.attach(
+                        client,
+                        spec["sem_name"],
+                        timeout=5.0,
+                        lease_ttl=spec["lease_ttl"],
+                        **replica_kwargs(RedisSemaphore.attach, replicas),
+                    )
+                except Exception as exc:
+                    self.rec("E", "-", f"attach {exc!r}")
+                    await asyncio.sleep(0.2)
+
+        attaching = asyncio.ensure_future(attach())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([attaching, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not attaching.done():
+            attaching.cancel()
+            await asyncio.wait([attaching], timeout=2)
+            self.rec("STOP", "-", "before attach")
+            os._exit(0)
+        self.sem = attaching.result()
+        self.rec("SEM", "-", self.sem.instance_id)
+        self.sem.add_lease_lost_callback(self._lease_lost)
+        self.event = RedisEvent(
+            client, spec["event_name"], **replica_kwargs(RedisEvent.__init__, replicas)
+        )
+        event_instance = _event_instance(self.event)
+        if event_instance is not None:
+            self.rec("EVQ", "-", event_instance)
+
+        supervisors = [
+            *(
+                asyncio.ensure_future(self._supervise(f"s{i}", "sem", self._sem_loop))
+                for i in range(spec["sem_tasks"])
+            ),
+            *(
+                asyncio.ensure_future(self._supervise(f"w{i}", "wait", self._wait_loop))
+                for i in range(spec["waiters"])
+            ),
+            *(
+                asyncio.ensure_future(self._supervise(f"p{i}", "set", self._set_loop))
+                for i in range(spec["setters"])
+            ),
+        ]
+        canceller = asyncio.ensure_future(self._canceller())
+        await stop.wait()
+
+        # -- shutdown --
+        self.stopping = True
+        canceller.cancel()
+        _, pending = await asyncio.wait(supervisors, timeout=spec["stop_grace"])
+        if pending:
+            for state, task in list(self.current.values()):
+                if not task.done():
+                    self.rec("CS", state.name, state.phase)
+                    task.cancel()
+            await asyncio.wait(pending, timeout=3.0)
+        self.rec("STOP", "-", "")
+        for closing in (self.sem.close(), self.event.close(), close_client(client)):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(closing, 3.0)
+        watch.cancel()
+
+    async def _watch_parent(self, parent: int) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    def _lease_lost(self) -> None:
+        holding = [s.name for s, _ in self.current.values() if s.holding]
+        self.rec("L", "-", ",".join(holding) or "none")
+
+    async def _supervise(
+        self, key: str, role: str, body: Callable[[TaskState], Awaitable[None]]
+    ) -> None:
+        gen = 0
+        while not self.stopping:
+            state = TaskState(f"{key}.{gen}", role)
+            task = asyncio.ensure_future(body(state))
+            self.current[key] = (state, task)
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                self.rec("E", state.name, f"{state.phase} crashed {task.exception()!r}")
+            gen += 1
+
+    async def _canceller(self) -> None:
+        lo, hi = self.spec["cancel_interval"]
+        while True:
+            await asyncio.sleep(self.rng.uniform(lo, hi))
+            roll = self.rng.random()
+            role = "sem" if roll < 0.8 else "wait" if roll < 0.93 else "set"
+            choices = [(s, t) for s, t in self.current.values() if s.role == role]
+            if not choices:
+                continue
+            state, task = self.rng.choice(choices)
+            if not task.done():
+                self.rec("C", state.name, state.phase)
+                task.cancel()
+
+    # -- semaphore -------------------------------------------------------------
+
+    def _timeout(self) -> float | None:
+        roll = self.rng.random()
+        if roll < 0.15:
+            return None
+        if roll < 0.55:
+            return self.rng.uniform(0.001, TINY_MAX)
+        if roll < 0.65:
+            return 0.0
+        return self.rng.uniform(0.2, 2.0)
+
+    async def _sem_loop(self, st: TaskState) -> None:
+        from redsync import (
+            RedisSemaphoreLeaseLostError,
+            RedisSemaphoreNotAcquiredError,
+            RedisSemaphoreTimeoutError,
+        )
+
+        sem = self.sem
+        hold_max = self.spec["hold_max"]
+        while not self.stopping:
+            st.phase = "idle"
+            await asyncio.sleep(self.rng.uniform(0, 0.005))
+            hold = self.rng.uniform(0, hold_max)
+            use_with = self.rng.random() < 0.35
+            timeout = None if use_with else self._timeout()
+            st.phase = "acquire"
+            self.rec("A", st.name, timeout)
+            try:
+                if use_with:
+                    async with sem:
+                        await self._hold(st, hold)
+                        st.phase = "release"
+                else:
+                    await sem.acquire(timeout=timeout)
+                    try:
+                        await self._hold(st, hold)
+                    finally:
+                        st.phase = "release"
+                        await sem.release()
+                self.rec("R", st.name)
+            except RedisSemaphoreTimeoutError:
+                self.rec("T", st.name, timeout)
+            except RedisSemaphoreLeaseLostError:
+                self.rec("RL", st.name)
+            except RedisSemaphoreNotAcquiredError as exc:
+                self.rec("RN", st.name, repr(exc))
+            except Exception as exc:
+                self.rec("E", st.name, f"{st.phase} {exc!r}")
+                st.phase = "idle"
+                await asyncio.sleep(0.05)
+
+    async def _hold(self, st: TaskState, hold: float) -> None:
+        self.rec("ENTER", st.name)
+        st.holding = True
+        st.phase = "hold"
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            st.holding = False
+            self.rec("EXIT", st.name)
+            st.phase = "release"
+
+    # -- event -------------------------------------------------------------------
+
+    async def _wait_loop(self, st: TaskState) -> None:
+        from redsync import RedisEventTimeoutError
+
+        while not self.stopping:
+            roll = self.rng.random()
+            if roll < 0.3:
+                timeout = self.rng.uniform(0.001, TINY_MAX)
+            elif roll < 0.4:
+                timeout = 0.0
+            else:
+                timeout = self.rng.uniform(0.1, 2.0)
+            st.phase = "wait"
+            self.rec("WB", st.name, timeout)
+            try:
+                await self.event.wait(timeout=timeout)
+                self.rec("WO", st.name)
+            except RedisEventTimeoutError:
+                self.rec("WT", st.name, timeout)
+            except Exception as exc:
+                self.rec("WE", st.name, repr(exc))
+                st.phase = "idle"
+                await asyncio.sleep(0.05)
+
+    async def _set_loop(self, st: TaskState) -> None:
+        gap = self.spec["set_gap"]
+        while not self.stopping:
+            st.phase = "idle"
+            await asyncio.sleep(self.rng.uniform(0, gap))
+            self.set_seq += 1
+            sid = f"{self.id}/{self.set_seq}"
+            st.phase = "set"
+            self.rec("SB", st.name, sid)
+            try:
+                await self.event.set()
+                self.rec("SO", st.name, sid)
+            except Exception as exc:
+                self.rec("SE", st.name, f"{sid} {exc!r}")
+                st.phase = "idle"
+                await asyncio.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tests.chaos.worker SPEC_JSON", file=sys.stderr)
+        return 2
+    spec = json.loads(args[0])
+    _die_with_parent(int(spec["parent"]))
+    asyncio.run(Worker(spec).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
