@@ -361,7 +361,7 @@ async def test_timeouts_racing_sets_lose_and_duplicate_nothing(
     redis: aioredis.Redis, redis_factory: Callable[..., aioredis.Redis], unique_name: str
 ) -> None:
     rng = random.Random(777)
-    total = 500
+    total = 250
     events = [RedisEvent(redis_factory(), unique_name) for _ in range(2)]
     setter = RedisEvent(redis_factory(), unique_name)
     received = 0
