@@ -309,7 +309,44 @@ def _parse_cluster_nodes(text: str) -> dict[str, _ClusterNode]:
     return nodes
 
 
-class ClusterTopology:
+_TopologyT = TypeVar("_TopologyT", bound="_Topology")
+
+
+class _Topology:
+    """Shared lifecycle: a private directory, servers stopped by pid, a context manager."""
+
+    _dir: Path | None
+
+    def start(self: _TopologyT) -> _TopologyT:  # pragma: no cover - always overridden
+        raise NotImplementedError
+
+    def _take_servers(self) -> list[RedisServer]:
+        """Every process of the set-up, forgotten by the topology."""
+        raise NotImplementedError  # pragma: no cover
+
+    def stop(self) -> None:
+        """Stop every process by pid and delete the config files. Idempotent."""
+        servers = self._take_servers()
+        try:
+            _stop_all(servers)
+        finally:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+
+    def __enter__(self: _TopologyT) -> _TopologyT:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ClusterTopology(_Topology):
     """A Redis Cluster of ``masters`` masters, each with ``replicas_per_master`` replicas.
 
     :meth:`start` starts ``masters * (1 + replicas_per_master)`` nodes, runs
@@ -431,26 +468,9 @@ class ClusterTopology:
                 f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
             )
 
-    def stop(self) -> None:
-        """Stop every node by pid and delete the cluster config files. Idempotent."""
+    def _take_servers(self) -> list[RedisServer]:
         nodes, self.nodes = self.nodes, []
-        try:
-            _stop_all(nodes)
-        finally:
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None
-
-    def __enter__(self) -> ClusterTopology:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return nodes
 
     # -- addresses ---------------------------------------------------------------
 
@@ -667,7 +687,7 @@ class ClusterTopology:
 # --------------------------------------------------------------------------- Sentinel
 
 
-class SentinelTopology:
+class SentinelTopology(_Topology):
     """A master, ``replicas`` replicas and ``sentinels`` sentinels watching them.
 
     :meth:`start` starts the data nodes, waits until every replication link is
@@ -767,27 +787,10 @@ class SentinelTopology:
         self.ready_seconds = time.monotonic() - began
         return self
 
-    def stop(self) -> None:
-        """Stop every sentinel and data node by pid; delete the config files. Idempotent."""
+    def _take_servers(self) -> list[RedisServer]:
         servers = [*self.sentinels, *self.data_nodes]
         self.sentinels, self.data_nodes = [], []
-        try:
-            _stop_all(servers)
-        finally:
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None
-
-    def __enter__(self) -> SentinelTopology:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return servers
 
     # -- addresses and queries ----------------------------------------------------------
 
