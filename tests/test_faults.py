@@ -541,3 +541,45 @@ async def test_close_returns_within_a_second_during_a_stuck_renewal(
     await sem.close()
     assert time.perf_counter() - started < 1.0
     fault_proxy.resume()
+
+
+async def test_a_token_handed_out_twice_after_a_lossy_failover_voids_the_first_holding(
+    redis: aioredis.Redis, unique_name: str, strategy: SemaphoreInitStrategy
+) -> None:
+    """A failover that loses the BLMOVE of an acquisition puts its token back in the
+    pool of the new master, so the same instance may receive it again.  The first
+    holding is then void: its release reports the loss (not "not acquired"), the
+    second works, and the permits still add up."""
+    sem = await RedisSemaphore.create(
+        redis, unique_name, count=2, lease_ttl=30, semaphore_init_strategy=strategy
+    )
+    first_done = asyncio.Event()
+    release_first = asyncio.Event()
+    outcome: list[str] = []
+
+    async def first() -> None:
+        await sem.acquire()
+        first_done.set()
+        await release_first.wait()
+        try:
+            await sem.release()
+            outcome.append("released")
+        except RedisSemaphoreLeaseLostError:
+            outcome.append("lost")
+
+    task = asyncio.ensure_future(first())
+    await asyncio.wait_for(first_done.wait(), 10)
+    # What the lossy failover does: the token is back in the pool, the slot is empty.
+    where = await tokens(redis, unique_name)
+    (slot,) = [k for k, v in where.items() if k != "pool" and v]
+    (token,) = where[slot]
+    await redis.lrem(slot, 1, token)
+    await redis.lpush(keyspace(unique_name).key("pool"), token)
+    await sem.acquire(timeout=5)  # this task receives the same token
+    assert (await sem.statistics()).leases_lost == 1
+    release_first.set()
+    await asyncio.wait_for(task, 10)
+    assert outcome == ["lost"]
+    await sem.release()  # the second holding is real
+    await assert_permits(redis, unique_name, 2, free=2)
+    await sem.close()

@@ -137,6 +137,8 @@ class _Holding:
     slot: _Slot
     owner: asyncio.Task[Any] | None = None
     lost: bool = False
+    #: Its key in ``RedisSemaphore._held``: the token, unless it had to make room.
+    key: str = ""
 
 
 def _count(value: object) -> int:
@@ -369,9 +371,10 @@ class RedisSemaphore:
                 f"semaphore {self.name!r}: release() called, but this instance holds no "
                 "permit; call acquire() (or use 'async with') first"
             )
-        del self._held[holding.token]
+        del self._held[holding.key]
         if holding.lost:
-            self._vacate(holding.slot)
+            if holding.slot.holding is holding:
+                self._vacate(holding.slot)
             raise self._lost_error()
         # Cancelling this await cannot lose or double the permit: the slot
         # is then marked dirty and the next renewal settles where the token is.
@@ -576,7 +579,16 @@ class RedisSemaphore:
         return slot
 
     def _hold(self, slot: _Slot, token: str) -> _Holding:
-        holding = _Holding(token, slot)
+        earlier = self._held.pop(token, None)
+        if earlier is not None:
+            # The server handed out a token this instance already holds: the
+            # move that gave it to us the first time was undone (a failover
+            # lost it).  That earlier holding is void; it stays known here so
+            # its owner's release() reports the loss instead of "not acquired".
+            earlier.key = f"{token}#{uuid.uuid4().hex[:8]}"
+            self._held[earlier.key] = earlier
+            self._mark_lost(earlier)
+        holding = _Holding(token, slot, key=token)
         slot.holding = holding
         self._held[token] = holding
         return holding
