@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from _infra import wait_until
 from _infra.servers import RedisServer
+from helpers import assert_permits
 from redsync import RedisSemaphore
 
 ServerFactory = Callable[..., RedisServer]
@@ -93,3 +95,42 @@ async def test_bad_replication_options_are_refused_before_any_write(
     with pytest.raises(error, match=message):
         await RedisSemaphore.attach(redis, unique_name, timeout=0, **kwargs)  # type: ignore[arg-type]
     assert await redis.keys(f"*{unique_name}*") == []
+
+
+async def test_a_stray_client_unblock_hitting_wait_is_not_an_error(
+    private_server: RedisServer,
+    redis_factory: Callable[..., aioredis.Redis],
+    unique_name: str,
+) -> None:
+    """WAIT blocks, so a CLIENT UNBLOCK sent for a BLMOVE that has just returned can
+    land on the WAIT that follows on the same connection.  That must neither fail
+    the acquire/release nor stop the lane."""
+    client = redis_factory(private_server.url)
+    admin = redis_factory(private_server.url)
+    sem = await RedisSemaphore.create(
+        client, unique_name, count=1, lease_ttl=10, replicas=1, replica_timeout=1.5
+    )
+
+    async def unblock_waits() -> int:
+        hit = 0
+        for info in await admin.client_list():
+            if info.get("cmd") == "wait":
+                hit += await admin.client_unblock(int(info["id"]), error=True)
+        return hit
+
+    async def with_stray_unblocks(op: Any) -> None:
+        task = asyncio.ensure_future(op)
+        hits = 0
+        while not task.done():
+            hits += await unblock_waits()
+            await asyncio.sleep(0.05)
+        await task
+        assert hits >= 1, "no WAIT was interrupted: the test did not test anything"
+
+    await asyncio.wait_for(with_stray_unblocks(sem.acquire()), 20)
+    await asyncio.wait_for(with_stray_unblocks(sem.release()), 20)
+    await asyncio.wait_for(with_stray_unblocks(sem.acquire()), 20)  # the lane still works
+    await sem.release()
+    assert (await sem.statistics()).replica_shortfalls >= 3
+    await assert_permits(client, unique_name, 1, free=1)
+    await sem.close()

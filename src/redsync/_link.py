@@ -247,6 +247,7 @@ class Link:
         *,
         read_timeout: float | None = None,
         on_reply: Callable[[int, Any], None] | None = None,
+        wait_last: bool = False,
     ) -> list[Any]:
         """Send ``commands`` in one write and read one reply for each.
 
@@ -257,6 +258,10 @@ class Link:
         commands set it from their own server-side timeout).  ``on_reply(i, reply)``
         sees each reply as soon as it is read, until the first error reply (after
         which the order of replies is not to be trusted: see :meth:`blocking`).
+
+        ``wait_last``: the last command is a WAIT.  WAIT blocks, so a CLIENT
+        UNBLOCK meant for an earlier BLMOVE on this connection may reach it
+        instead; its ``-UNBLOCKED`` answer then reads as None, not as an error.
         """
         packed = conn.pack_commands([tuple(c) for c in commands])
         saved = conn.socket_timeout
@@ -295,6 +300,15 @@ class Link:
         finally:
             conn.socket_timeout = saved
         if error is not None:
+            last = replies[-1]
+            if (
+                wait_last
+                and last is error
+                and str(error).startswith("UNBLOCKED")
+                and not any(isinstance(r, rex.ResponseError) for r in replies[:-1])
+            ):
+                replies[-1] = None
+                return replies
             raise self._classify(error)
         return replies
 
@@ -346,19 +360,31 @@ class Link:
         many replicas have it, and counts a shortfall if they do not in time."""
         if not self.replicas:
             return await self.run(conn, commands)
-        replies = await self.run(conn, [*commands, self._wait_command()])
-        self._count_acks(replies[-1])
+        replies = await self.run(conn, [*commands, self._wait_command()], wait_last=True)
+        if replies[-1] is None:  # the WAIT was interrupted: wait again
+            await self.replicate(conn)
+        else:
+            self._count_acks(replies[-1])
         return replies[:-1]
 
     async def replicate(self, conn: AbstractConnection) -> None:
-        """Wait until ``replicas`` replicas have every write made on ``conn`` (if set)."""
-        if self.replicas:
+        """Wait until ``replicas`` replicas have every write made on ``conn`` (if set).
+
+        Never raises (but for cancellation): the writes are done whatever WAIT
+        says; what could not be confirmed is counted as a shortfall.
+        """
+        if not self.replicas:
+            return
+        acks: Any = 0
+        for _ in range(2):
             try:
-                (acks,) = await self.run(conn, [self._wait_command()])
-            except AMBIGUOUS + TRANSIENT as exc:
+                (acks,) = await self.run(conn, [self._wait_command()], wait_last=True)
+            except Exception as exc:
                 log.debug("WAIT failed: %r", exc)
                 acks = 0
-            self._count_acks(acks)
+            if acks is not None:
+                break
+        self._count_acks(acks or 0)
 
     def _wait_command(self) -> Command:
         return ("WAIT", self.replicas, self.replica_timeout_ms)
