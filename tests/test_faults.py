@@ -583,3 +583,33 @@ async def test_a_token_handed_out_twice_after_a_lossy_failover_voids_the_first_h
     await sem.release()  # the second holding is real
     await assert_permits(redis, unique_name, 2, free=2)
     await sem.close()
+
+
+async def test_permits_come_back_when_registrations_expired_but_meta_did_not(
+    redis_url: str,
+    redis: aioredis.Redis,
+    unique_name: str,
+    holders: Callable[..., Holder],
+    strategy: SemaphoreInitStrategy,
+) -> None:
+    """Redis unreachable for longer than the lease (a slow failover): the registrations
+    and the dead holder's slot expired, while meta, renewed a little later by a
+    survivor, did not.  Nothing lists the dead holder any more, yet its permit must
+    come back."""
+    ttl = 2.0
+    survivor = await RedisSemaphore.create(
+        redis, unique_name, count=2, lease_ttl=ttl, semaphore_init_strategy=strategy
+    )
+    holder = holders(redis_url, unique_name, 2, ttl, 1)
+    assert (await holder.line()).startswith("held")
+    os.kill(holder.proc.pid, signal.SIGKILL)
+    holder.proc.wait(10)
+    slots = [k for k in await keys_of(redis, unique_name) if ":lane:" in k]
+    await redis.delete(keyspace(unique_name).key("holders"), *slots)
+    await survivor.acquire(timeout=20)
+    await survivor.acquire(timeout=20)  # the dead holder's permit, re-created
+    await assert_permits(redis, unique_name, 2, free=0)
+    await survivor.release()
+    await survivor.release()
+    await survivor.close()
+    await assert_permits(redis, unique_name, 2, free=2)

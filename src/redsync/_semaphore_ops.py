@@ -246,12 +246,15 @@ class TxOps(_Base):
                 [
                     ("TIME",),
                     ("HMGET", self.meta_key, "count", "gen", "recover"),
+                    ("ZCARD", self.holders_key),
+                    ("LLEN", self.pool_key),
                     *(("LRANGE", lane.key, 0, -1) for lane in lanes),
                 ]
             )
             now = now_ms(replies[0])
             found = replies[1]
-            contents = [_strings(r) for r in replies[2:]]
+            registered, free = int(replies[2]), int(replies[3])
+            contents = [_strings(r) for r in replies[4:]]
             writes: list[Command] = []
             status = "ok"
             if found[0] is None:
@@ -267,6 +270,11 @@ class TxOps(_Base):
                 return writes, RenewResult("stale", count=int(found[0]), gen=text(found[1]))
             else:
                 recover = int(found[2] or 0)
+                if recover == 0 and registered == 0 and free < int(found[0]):
+                    # See semaphore_renew.lua: registrations expired with their permits.
+                    recover = now + recover_ms
+                    writes.append(("HSET", self.meta_key, "recover", recover))
+                    status = "restored"
             (stale,) = await read([("ZRANGEBYSCORE", self.holders_key, "-inf", now + ttl_ms // 2)])
             result = RenewResult(
                 status,
@@ -290,7 +298,7 @@ class TxOps(_Base):
                 writes.append(("PEXPIRE", key, ttl_ms))
             return writes, result
 
-        watch = [self.meta_key, self.holders_key, *(lane.key for lane in lanes)]
+        watch = [self.meta_key, self.holders_key, self.pool_key, *(lane.key for lane in lanes)]
         return await self._tx(watch, body)
 
     async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int:

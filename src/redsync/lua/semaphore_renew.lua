@@ -31,6 +31,16 @@ elseif meta[1] ~= ARGV[2] or meta[2] ~= ARGV[3] then
   return {'stale', meta[1], meta[2]}
 end
 local recover = tonumber(meta[3] or '0')
+if recover == 0 and redis.call('ZCARD', KEYS[3]) == 0
+    and redis.call('LLEN', KEYS[2]) < tonumber(meta[1]) then
+  -- Every held permit lies in a registered slot, so with no registration at
+  -- all every permit must be in the pool.  Some are not: the registrations
+  -- and slots expired (Redis unreachable for longer than the lease) while
+  -- meta survived.  Recover as if everything had been lost.
+  recover = now + tonumber(ARGV[5])
+  redis.call('HSET', KEYS[1], 'recover', recover)
+  status = 'restored'
+end
 local out = {status, {}, 0}
 local idx = 7
 for i = 1, n do
