@@ -202,7 +202,9 @@ async def test_wait_zero_does_not_block(
         started = time.monotonic()
         with pytest.raises(RedisEventTimeoutError):
             await asyncio.wait_for(event.wait(timeout), 10)
-        assert time.monotonic() - started < 1
+        # Not blocked until the wait_for above gives up (a loaded machine may take a
+        # second or two, with the cluster client's first connection included).
+        assert time.monotonic() - started < 5
     assert not await blocked_on_server(redis, cname), "wait(0) left a blocking command behind"
     stats = await event.statistics()
     assert (stats.tasks_waiting, stats.lanes_active) == (0, 0)

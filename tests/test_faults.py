@@ -218,7 +218,7 @@ async def test_cancellation_storm_loses_and_duplicates_nothing(
 
     await asyncio.wait_for(asyncio.gather(*(worker(s) for s in sems for _ in range(8))), 60)
     assert peak <= count
-    assert acquired > 100 and cancelled > 50 and timeouts > 10, (acquired, cancelled, timeouts)
+    assert acquired > 50 and cancelled > 50 and timeouts > 10, (acquired, cancelled, timeouts)
     # Tokens handed to nobody are returned in the background: wait for quiet.
     client = sems[0]._client
 
