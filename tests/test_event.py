@@ -211,7 +211,7 @@ async def test_wait_zero_does_not_block(
     await RedisEvent(redis, unique_name).set()
     started = time.monotonic()
     await asyncio.wait_for(event.wait(0), 10)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5
     assert await redis.llen(signals_key(unique_name)) == 0
 
 
