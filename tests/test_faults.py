@@ -613,3 +613,27 @@ async def test_permits_come_back_when_registrations_expired_but_meta_did_not(
     await survivor.release()
     await survivor.close()
     await assert_permits(redis, unique_name, 2, free=2)
+
+
+async def test_a_live_holder_whose_slot_expired_keeps_its_permit(
+    redis: aioredis.Redis, unique_name: str, strategy: SemaphoreInitStrategy
+) -> None:
+    """Redis out of reach for longer than the lease (a slow failover): a live holder's
+    slot expired with its permit while its registration survived.  Its next renewal
+    puts the permit back instead of losing it for good."""
+    sem = await RedisSemaphore.create(
+        redis, unique_name, count=2, lease_ttl=3, semaphore_init_strategy=strategy
+    )
+    await sem.acquire()
+    where = await tokens(redis, unique_name)
+    (slot,) = [k for k, v in where.items() if k != "pool" and v]
+    await redis.delete(slot)  # what the expiry did; meta and holders survived
+
+    async def restored() -> bool:
+        return bool(await redis.exists(slot)) and len(await redis.lrange(slot, 1, -1)) == 1
+
+    await wait_until(restored, timeout=10, message="the renewal put the permit back")
+    assert (await sem.statistics()).leases_lost == 0
+    await sem.release()  # still a real permit
+    await assert_permits(redis, unique_name, 2, free=2)
+    await sem.close()

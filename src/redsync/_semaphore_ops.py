@@ -247,14 +247,17 @@ class TxOps(_Base):
                     ("TIME",),
                     ("HMGET", self.meta_key, "count", "gen", "recover"),
                     ("ZCARD", self.holders_key),
-                    ("LLEN", self.pool_key),
+                    ("LRANGE", self.pool_key, 0, -1),
                     *(("LRANGE", lane.key, 0, -1) for lane in lanes),
+                    *(("ZSCORE", self.holders_key, lane.member) for lane in lanes),
                 ]
             )
             now = now_ms(replies[0])
             found = replies[1]
-            registered, free = int(replies[2]), int(replies[3])
-            contents = [_strings(r) for r in replies[4:]]
+            registered = int(replies[2])
+            pool = set(_strings(replies[3]))
+            contents = [_strings(r) for r in replies[4 : 4 + len(lanes)]]
+            scores = replies[4 + len(lanes) :]
             writes: list[Command] = []
             status = "ok"
             if found[0] is None:
@@ -270,7 +273,7 @@ class TxOps(_Base):
                 return writes, RenewResult("stale", count=int(found[0]), gen=text(found[1]))
             else:
                 recover = int(found[2] or 0)
-                if recover == 0 and registered == 0 and free < int(found[0]):
+                if recover == 0 and registered == 0 and len(pool) < int(found[0]):
                     # See semaphore_renew.lua: registrations expired with their permits.
                     recover = now + recover_ms
                     writes.append(("HSET", self.meta_key, "recover", recover))
@@ -281,9 +284,14 @@ class TxOps(_Base):
                 stale_members=[m for m in _strings(stale) if m not in own],
                 refill_due=recover != 0 and recover <= now,
             )
-            for lane, items in zip(lanes, contents):
+            for lane, items, score in zip(lanes, contents, scores):
                 if not items:
-                    restored = lane.tokens if recover != 0 else []
+                    if recover == 0 and lane.tokens and score is not None:
+                        # See semaphore_renew.lua: a registered slot expired, permits inside.
+                        recover = now + recover_ms
+                        writes.append(("HSET", self.meta_key, "recover", recover))
+                        result.status = "restored"
+                    restored = [t for t in lane.tokens if t not in pool] if recover != 0 else []
                     writes.append(("RPUSH", lane.key, "", *restored))
                     items = ["", *restored]
                 elif items[0] != "":

@@ -52,10 +52,23 @@ for i = 1, n do
     -- A lane always starts with an empty marker element, so that it exists
     -- (and keeps its TTL) while holding no permit.
     redis.call('RPUSH', key, '')
+    if recover == 0 and k > 0 and redis.call('ZSCORE', KEYS[3], member) then
+      -- Still registered, yet gone with the permits in it: it expired (Redis
+      -- was out of reach for longer than the lease), nobody reclaimed it.
+      -- Recover: put them back, and let the window re-create any other
+      -- permit lost the same way.
+      recover = now + tonumber(ARGV[5])
+      redis.call('HSET', KEYS[1], 'recover', recover)
+      out[1] = 'restored'
+    end
     if recover ~= 0 then
-      -- Re-establishing after a loss: put back what this instance holds.
+      -- Re-establishing after a loss: put back what this instance holds,
+      -- unless the pool has it (a failover undid the move that took it).
       for j = 1, k do
-        redis.call('RPUSH', key, ARGV[idx + 1 + j])
+        local token = ARGV[idx + 1 + j]
+        if not redis.call('LPOS', KEYS[2], token) then
+          redis.call('RPUSH', key, token)
+        end
       end
     end
   elseif head ~= '' then
