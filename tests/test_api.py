@@ -481,7 +481,11 @@ async def test_fractional_lease_ttl_is_honoured(redis: aioredis.Redis, unique_na
         await sem.close()
 
 
-@pytest.mark.parametrize("strategy", ["bogus", "LUA", 1, None], ids=repr)
+@pytest.mark.parametrize(
+    "strategy",
+    ["bogus", "lua2", "SemaphoreInitStrategy.BOGUS", "Strategy.LUA", "", 1, None],
+    ids=repr,
+)
 async def test_bad_strategy_is_rejected(
     strategy: Any, redis: aioredis.Redis, unique_name: str
 ) -> None:
@@ -503,7 +507,104 @@ async def test_strategy_given_as_its_string_value_is_accepted(
         await sem.close()
 
 
-@pytest.mark.parametrize(("prefix", "error"), [("", ValueError), (None, TypeError)], ids=repr)
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (SemaphoreInitStrategy.LUA, SemaphoreInitStrategy.LUA),
+        ("lua", SemaphoreInitStrategy.LUA),
+        ("LUA", SemaphoreInitStrategy.LUA),
+        ("SemaphoreInitStrategy.LUA", SemaphoreInitStrategy.LUA),
+        ("semaphoreinitstrategy.lua", SemaphoreInitStrategy.LUA),
+        (SemaphoreInitStrategy.OPTIMISTIC_LOCKING, SemaphoreInitStrategy.OPTIMISTIC_LOCKING),
+        ("Optimistic_Locking", SemaphoreInitStrategy.OPTIMISTIC_LOCKING),
+        ("OPTIMISTIC_LOCKING", SemaphoreInitStrategy.OPTIMISTIC_LOCKING),
+        ("SemaphoreInitStrategy.OPTIMISTIC_LOCKING", SemaphoreInitStrategy.OPTIMISTIC_LOCKING),
+    ],
+    ids=repr,
+)
+async def test_strategy_forms_2_0_accepted(
+    given: Any, expected: SemaphoreInitStrategy, redis: aioredis.Redis, unique_name: str
+) -> None:
+    """A member, its value, its name or its str() (how 2.0.0's own multiprocess test
+    passes it to workers), in any case, names the strategy; it is stored in meta."""
+    sem = await RedisSemaphore.create(redis, unique_name, count=1, semaphore_init_strategy=given)
+    try:
+        assert sem.strategy is expected
+        stored = await redis.hget(f"redsync:semaphore:{{{unique_name}}}:meta", "strategy")
+        assert stored == expected.value.encode()
+        await sem.acquire(timeout=5)
+        await sem.release()
+    finally:
+        await sem.close()
+    # Every form of every member round-trips, str() included (it differs across Pythons).
+    for member in SemaphoreInitStrategy:
+        for form in (str(member), member.name, member.value, member.name.lower()):
+            other = await RedisSemaphore.create(
+                redis, f"{unique_name}-{form}", count=1, semaphore_init_strategy=form
+            )
+            assert other.strategy is member, form
+            await other.close()
+
+
+async def test_trailing_colons_of_key_prefix_name_the_same_primitive(
+    redis: aioredis.Redis, unique_name: str
+) -> None:
+    """2.0.0 strips trailing ':' from key_prefix: "app:" and "app" are one semaphore."""
+    prefix = f"app-{unique_name}"
+    sem = await RedisSemaphore.create(redis, unique_name, count=2, key_prefix=f"{prefix}:")
+    try:
+        with pytest.raises(RedisSemaphoreCountMismatchError):
+            await RedisSemaphore.create(redis, unique_name, count=3, key_prefix=prefix)
+        joined = await RedisSemaphore.create(redis, unique_name, count=2, key_prefix=f"{prefix}::")
+        await joined.acquire(timeout=5)
+        await joined.acquire(timeout=5)
+        with pytest.raises(RedisSemaphoreTimeoutError):
+            await sem.acquire(timeout=0)
+        await joined.release()
+        await joined.release()
+        await joined.close()
+        found = [k.decode() async for k in redis.scan_iter(match=f"{prefix}*")]
+        assert found and all(k.startswith(f"{prefix}:{{") for k in found), found
+    finally:
+        await sem.close()
+    setter = RedisEvent(redis, unique_name, key_prefix=f"{prefix}:")
+    waiter = RedisEvent(redis, unique_name, key_prefix=prefix)
+    await setter.set()
+    assert await waiter.is_set()
+    await waiter.wait(timeout=5)
+    assert not await setter.is_set()
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        RedsyncError,
+        RedisSemaphoreError,
+        RedisSemaphoreTimeoutError,
+        RedisSemaphoreNotAcquiredError,
+        redsync.RedisSemaphoreLeaseLostError,
+        RedisEventError,
+        RedisEventTimeoutError,
+    ],
+)
+def test_exceptions_built_without_arguments_carry_a_message(cls: type[Exception]) -> None:
+    error = cls()
+    assert str(error).strip(), cls
+    assert error.args == (str(error),)
+    assert str(cls("custom")) == "custom"
+
+
+def test_2_0_exception_messages_name_what_happened() -> None:
+    assert "acquire" in str(RedisSemaphoreTimeoutError())
+    assert "release" in str(RedisSemaphoreNotAcquiredError())
+    assert "event" in str(RedisEventTimeoutError())
+
+
+@pytest.mark.parametrize(
+    ("prefix", "error"),
+    [("", ValueError), (":", ValueError), ("::", ValueError), (None, TypeError)],
+    ids=repr,
+)
 async def test_bad_key_prefix_is_rejected(
     prefix: Any, error: type[Exception], redis: aioredis.Redis, unique_name: str
 ) -> None:

@@ -91,11 +91,16 @@ def client(value: Any) -> Any:
 
 
 def key_prefix(value: object) -> str:
-    prefix = name(value, "key_prefix")
+    """The prefix as keys use it: trailing ``:`` are dropped, as 2.0.0 did, so
+    ``"app:"`` and ``"app"`` name the same primitives."""
+    given = name(value, "key_prefix")
+    prefix = given.rstrip(":")
+    if not prefix:
+        raise ValueError(f"key_prefix must contain something other than ':', got {given!r}")
     first = prefix.find("{")
     if first != -1 and prefix[first + 1 : first + 2] == "}":
         raise ValueError(
             "key_prefix must not contain an empty hash tag '{}' before any other "
-            f"'{{...}}': it would spread one primitive's keys over cluster slots, got {prefix!r}"
+            f"'{{...}}': it would spread one primitive's keys over cluster slots, got {given!r}"
         )
     return prefix

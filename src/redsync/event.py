@@ -72,7 +72,7 @@ class RedisEvent:
     ) -> None:
         _validate.client(redis_client)
         self.name = _validate.name(name)
-        _validate.key_prefix(key_prefix)
+        key_prefix = _validate.key_prefix(key_prefix)
         self._keys = KeySpace(key_prefix, name)
         self._signals = self._keys.key("signals")
         self._inboxes = self._keys.key("inboxes")

@@ -23,11 +23,23 @@ __all__ = [
 
 
 class RedsyncError(Exception):
-    """Base class of every error raised by redsync."""
+    """Base class of every error raised by redsync.
+
+    Raised without arguments, an error carries its class's
+    :attr:`default_message`, so ``str(error)`` is never empty (as in 2.0.0).
+    """
+
+    #: The message of an instance built without arguments.
+    default_message = "redsync error"
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or (self.default_message,)))
 
 
 class RedisSemaphoreError(RedsyncError):
     """Base class of the errors raised by :class:`~redsync.RedisSemaphore`."""
+
+    default_message = "semaphore error"
 
 
 class RedisSemaphoreTimeoutError(RedisSemaphoreError, TimeoutError):
@@ -37,9 +49,13 @@ class RedisSemaphoreTimeoutError(RedisSemaphoreError, TimeoutError):
     ``asyncio.wait_for`` conventions catches it too.
     """
 
+    default_message = "no semaphore permit could be acquired in time"
+
 
 class RedisSemaphoreNotAcquiredError(RedisSemaphoreError):
     """``release()`` was called on an instance that holds no permit."""
+
+    default_message = "release() called without a permit held; call acquire() first"
 
 
 class RedisSemaphoreLeaseLostError(RedisSemaphoreError):
@@ -51,6 +67,8 @@ class RedisSemaphoreLeaseLostError(RedisSemaphoreError):
     re-created under a new generation while the permit was held.  Work done
     under that permit may have overlapped with another holder.
     """
+
+    default_message = "the permit's lease had expired and it was reclaimed before release()"
 
 
 class RedisSemaphoreCountError(RedisSemaphoreError, ValueError):
@@ -77,6 +95,10 @@ class RedisSemaphoreCountMismatchError(RedisSemaphoreError):
 class RedisEventError(RedsyncError):
     """Base class of the errors raised by :class:`~redsync.RedisEvent`."""
 
+    default_message = "event error"
+
 
 class RedisEventTimeoutError(RedisEventError, TimeoutError):
     """``wait()`` ran out of time before a signal arrived."""
+
+    default_message = "no event signal arrived in time"

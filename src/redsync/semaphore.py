@@ -165,13 +165,26 @@ def _ops_for(strategy: SemaphoreInitStrategy, link: Link, keys: KeySpace) -> Sem
 
 
 def _strategy(value: object) -> SemaphoreInitStrategy:
-    try:
-        return SemaphoreInitStrategy(value)
-    except ValueError:
-        allowed = ", ".join(repr(s.value) for s in SemaphoreInitStrategy)
-        raise ValueError(
-            f"semaphore_init_strategy must be a SemaphoreInitStrategy ({allowed}), got {value!r}"
-        ) from None
+    """The strategy ``value`` names: a member, or its value, name or ``str()`` form.
+
+    Strings are matched case-insensitively, so ``"lua"``, ``"LUA"`` and
+    ``str(SemaphoreInitStrategy.LUA)`` (``"SemaphoreInitStrategy.LUA"`` on
+    Python 3.11+) all work, as they did with 2.0.0 (code passes the strategy
+    across process boundaries as a string).
+    """
+    if isinstance(value, SemaphoreInitStrategy):
+        return value
+    if isinstance(value, str):
+        wanted = value.strip().lower()
+        for member in SemaphoreInitStrategy:
+            forms = (member.value, member.name, f"{SemaphoreInitStrategy.__name__}.{member.name}")
+            if wanted in (form.lower() for form in forms):
+                return member
+    allowed = ", ".join(repr(s.value) for s in SemaphoreInitStrategy)
+    raise ValueError(
+        f"semaphore_init_strategy must be a SemaphoreInitStrategy or one of {allowed} "
+        f"(its name or str() also work), got {value!r}"
+    )
 
 
 class RedisSemaphore:
@@ -262,7 +275,7 @@ class RedisSemaphore:
         """
         _validate.client(redis_client)
         _validate.name(name)
-        _validate.key_prefix(key_prefix)
+        key_prefix = _validate.key_prefix(key_prefix)
         count = _count(count)
         ttl = _validate.lease_ttl(lease_ttl)
         strategy = _strategy(semaphore_init_strategy)
@@ -301,7 +314,7 @@ class RedisSemaphore:
         """
         _validate.client(redis_client)
         _validate.name(name)
-        _validate.key_prefix(key_prefix)
+        key_prefix = _validate.key_prefix(key_prefix)
         wait = _validate.timeout(timeout)
         ttl = _validate.lease_ttl(lease_ttl)
         keys = KeySpace(key_prefix, name)
