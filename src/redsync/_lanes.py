@@ -9,10 +9,16 @@ its own, so an item the server has handed out is never in limbo: it is either
 still at the source or in the lane's list, where the owner can find it again
 after a lost reply.
 
-Lanes never cancel a blocking read to stop it, because a cancelled read
-closes the connection and may throw away an item the server already moved.
-Instead, surplus lanes are woken with ``CLIENT UNBLOCK ... TIMEOUT`` and read
-their real reply; an item that arrives for nobody is handed back.
+Lanes are never woken early: no ``CLIENT UNBLOCK`` (an ``@dangerous``
+command that managed Redis refuses), and no cancelled read (a cancelled read
+closes the connection and loses the reply of an item the server may already
+have moved).  Instead each server-side block is only as long as the waiters
+need: a lane blocks until the deadline of the waiter it covers (capped), so a
+``timeout`` that runs out ends the block with it.  A lane whose waiters left
+early (cancelled) ends at its own server-side timeout; an item it receives for
+nobody is *refused*: returned to where other waiters take it from.  Only
+``close()`` stops blocked lanes at once, by closing their connections; what a
+closed lane's last move may have delivered is then recovered by the owner.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ log = logging.getLogger("redsync")
 T = TypeVar("T")
 
 
+#: Shortest server-side block (seconds): BLMOVE's 0 would mean "forever".
+MIN_BLOCK = 0.01
+
+
 @dataclass(eq=False)
 class Lane:
     """One blocking consumer: an index, an optional destination key and, while active,
@@ -49,22 +59,48 @@ class Lane:
     dirty: bool = False
     #: Taken by a one-off non-blocking attempt (see Dispatcher.try_get).
     reserved: bool = False
+    #: Loop time at which this lane's current server-side block ends.
+    block_ends: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
 
 class LaneBackend(Protocol[T]):
-    async def pull(self, lane: Lane, block: bool) -> T | None:
-        """Move one item into ``lane`` (waiting server-side if ``block``)."""
+    async def pull(self, lane: Lane, block: float | None) -> T | None:
+        """Move one item into ``lane``: without waiting if ``block`` is None, else
+        waiting server-side for at most ``block`` seconds (at least MIN_BLOCK)."""
+
+    async def accept(self, lane: Lane, item: T) -> bool:
+        """Make ``item`` the claimed waiter's (the event acknowledges it); False if
+        it turned out to be gone (then nothing is delivered)."""
+
+    async def refuse(self, lane: Lane, item: T) -> None:
+        """Return an item that arrived for nobody, straight from the lane."""
 
     async def give_back(self, lane: Lane, item: T) -> None:
-        """Return an item nobody is waiting for."""
+        """Return an accepted item nobody is waiting for any more."""
 
     async def settle(self, lane: Lane) -> None:
         """Recover what a move with a lost reply may have left in ``lane``."""
 
 
+@dataclass(eq=False)
+class _Waiter(Generic[T]):
+    fut: asyncio.Future[T]
+    #: Loop time by which the waiter gives up (inf: never).
+    deadline: float
+    timeout_error: Callable[[], BaseException]
+    timer: asyncio.TimerHandle | None = None
+
+
 class Dispatcher(Generic[T]):
-    """FIFO hand-off of items pulled by lanes to local waiting tasks."""
+    """FIFO hand-off of items pulled by lanes to local waiting tasks.
+
+    A lane that receives an item *claims* the longest-waiting task first (its
+    timeout is then suspended for the one round trip the hand-over takes: the
+    item reached it in time), and only then makes the item the task's.  With
+    no task left to claim, the item is refused and goes back at once, so it
+    is never out of sight of other waiters for longer than that one step.
+    """
 
     def __init__(
         self,
@@ -72,12 +108,14 @@ class Dispatcher(Generic[T]):
         backend: LaneBackend[T],
         lanes: list[Lane],
         closed_error: Callable[[], BaseException],
+        max_block: float,
     ) -> None:
         self._link = link
         self._backend = backend
         self.lanes = lanes
         self._closed_error = closed_error
-        self._waiters: collections.deque[asyncio.Future[T]] = collections.deque()
+        self._max_block = max_block
+        self._waiters: collections.deque[_Waiter[T]] = collections.deque()
         self._active = 0
         self._closed = False
         self._background: set[asyncio.Future[None]] = set()
@@ -86,7 +124,7 @@ class Dispatcher(Generic[T]):
 
     @property
     def waiting(self) -> int:
-        # Futures leave the queue when served, and right after they expire or
+        # Waiters leave the queue when claimed, and right after they expire or
         # are cancelled, so its length is the number of waiting tasks.
         return len(self._waiters)
 
@@ -102,27 +140,28 @@ class Dispatcher(Generic[T]):
             raise self._closed_error()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._waiters.append(fut)
-        timer = None
+        waiter = _Waiter(
+            fut, loop.time() + timeout if timeout is not None else float("inf"), timeout_error
+        )
         if timeout is not None:
-            timer = loop.call_later(timeout, _expire, fut, timeout_error)
+            waiter.timer = loop.call_later(timeout, _expire, fut, timeout_error)
+        self._waiters.append(waiter)
         self._spawn()
         try:
             return await fut
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                # An item was handed to us just as we were cancelled or timed
-                # out: pass it on rather than drop it.
+                # An item was handed to us just as we were cancelled: pass it
+                # on rather than drop it.
                 self.offer_or_return(None, fut.result())
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            if waiter.timer is not None:
+                waiter.timer.cancel()
             try:
-                self._waiters.remove(fut)
+                self._waiters.remove(waiter)
             except ValueError:
                 pass
-            self._trim()
 
     async def try_get(self) -> T | None:
         """One attempt that does not block: use an idle lane, if any."""
@@ -134,7 +173,10 @@ class Dispatcher(Generic[T]):
             if lane.task is None and not lane.reserved:
                 lane.reserved = True  # keep _spawn() off this lane and its connection
                 try:
-                    return await self._backend.pull(lane, block=False)
+                    item = await self._backend.pull(lane, None)
+                    if item is not None and not await self._backend.accept(lane, item):
+                        item = None
+                    return item
                 finally:
                     await self._settle(lane)
                     await self._park(lane)
@@ -145,17 +187,56 @@ class Dispatcher(Generic[T]):
 
     def deliver(self, item: T) -> bool:
         """Hand ``item`` to the longest-waiting task; False if none waits."""
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(item)
-                return True
-        return False
+        waiter = self._claim()
+        if waiter is None:
+            return False
+        waiter.fut.set_result(item)
+        return True
 
     def offer_or_return(self, lane: Lane | None, item: T) -> None:
         """Deliver ``item`` locally, or return it to Redis in the background."""
         if not self.deliver(item):
             self.background(self._backend.give_back(lane or self.lanes[0], item))
+
+    def _claim(self) -> _Waiter[T] | None:
+        """Take the longest-waiting live task off the queue, its timeout suspended."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.fut.done():
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
+                return waiter
+        return None
+
+    def _unclaim(self, waiter: _Waiter[T]) -> None:
+        """Put a claimed task back at the head of the queue (nothing was delivered)."""
+        if waiter.fut.done():
+            return
+        loop = asyncio.get_running_loop()
+        left = waiter.deadline - loop.time()
+        if left <= 0:
+            waiter.fut.set_exception(waiter.timeout_error())
+            return
+        if waiter.deadline != float("inf"):
+            waiter.timer = loop.call_later(left, _expire, waiter.fut, waiter.timeout_error)
+        self._waiters.appendleft(waiter)
+
+    async def _hand_over(self, lane: Lane, item: T) -> None:
+        waiter = self._claim()
+        if waiter is None:
+            await self._backend.refuse(lane, item)
+            return
+        try:
+            accepted = await self._backend.accept(lane, item)
+        except BaseException:
+            self._unclaim(waiter)
+            raise
+        if not accepted:
+            self._unclaim(waiter)
+        elif waiter.fut.done():  # cancelled during the hand-over
+            self.offer_or_return(lane, item)
+        else:
+            waiter.fut.set_result(item)
 
     def background(self, work: Awaitable[None]) -> None:
         """Run ``work`` without waiting for it; keep a reference until it is done."""
@@ -179,37 +260,49 @@ class Dispatcher(Generic[T]):
                 self._active += 1
                 lane.task = asyncio.ensure_future(self._run(lane))
 
-    def _trim(self) -> None:
-        surplus = self._active - self.waiting
-        if surplus <= 0:
-            return
-        for lane in self.lanes:
-            if surplus <= 0:
+    def _block_for(self, lane: Lane) -> float:
+        """How long ``lane`` blocks on the server this time.
+
+        Blocked lanes cover the waiters' deadlines from the latest down: this
+        lane takes the latest deadline not already covered by a lane blocked
+        at least that long.  So when a waiter's timeout runs out, the block
+        that was there for it ends too, and no connection stays blocked for
+        a wait that is over (a waiter without a timeout gets ``max_block``).
+        """
+        now = asyncio.get_running_loop().time()
+        covered = sorted(
+            (other.block_ends for other in self.lanes if other.blocked and other is not lane),
+            reverse=True,
+        )
+        deadlines = sorted((w.deadline for w in self._waiters), reverse=True)
+        wanted = now + self._max_block
+        for index, deadline in enumerate(deadlines):
+            if index >= len(covered) or covered[index] < min(deadline, now + self._max_block):
+                wanted = deadline
                 break
-            if lane.task is not None and lane.blocked and lane.conn is not None:
-                client_id = self._link.known_client_id(lane.conn)
-                if client_id is not None:
-                    lane.blocked = False  # one wake-up is enough
-                    self.background(self._link.unblock(client_id, lane.conn))
-                    surplus -= 1
+        else:
+            wanted = deadlines[-1] if deadlines else now
+        return round(max(MIN_BLOCK, min(self._max_block, wanted - now)), 3)
 
     async def _run(self, lane: Lane) -> None:
         delay = 0.02
-        cancelled = False
         try:
             while not self._closed and self._active <= self.waiting:
+                block = self._block_for(lane)
+                lane.block_ends = asyncio.get_running_loop().time() + block
                 try:
-                    item = await self._backend.pull(lane, block=True)
+                    item = await self._backend.pull(lane, block)
+                    if item is not None:
+                        await self._hand_over(lane, item)
                 except AMBIGUOUS + TRANSIENT as exc:
+                    if self._closed:
+                        break
                     log.debug("lane %s: %r; retrying in %.2fs", lane.key, exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
                 delay = 0.02
-                if item is not None:
-                    self.offer_or_return(lane, item)
         except asyncio.CancelledError:
-            cancelled = True
             raise
         except Exception:  # a bug or a misconfigured server: wake the waiters with it
             log.exception("redsync lane %s stopped", lane.key)
@@ -221,17 +314,16 @@ class Dispatcher(Generic[T]):
             await self._settle(lane)
             await self._park(lane)
             lane.task = None  # only now may another task take this lane
-            # A waiter may have arrived between the loop test and here (but a
-            # cancelled lane must not start another: its loop is shutting down).
-            if not self._closed and not cancelled:
+            # A waiter may have arrived between the loop test and here.
+            if not self._closed:
                 self._spawn()
 
     def _fail_all_if_idle(self) -> None:
         if self._active <= 1:
             while self._waiters:
-                fut = self._waiters.popleft()
-                if not fut.done():
-                    fut.set_exception(self._closed_error())
+                waiter = self._waiters.popleft()
+                if not waiter.fut.done():
+                    waiter.fut.set_exception(self._closed_error())
 
     async def _settle(self, lane: Lane) -> None:
         if lane.dirty:
@@ -246,20 +338,31 @@ class Dispatcher(Generic[T]):
             await self._link.give_back(conn)
 
     async def close(self, grace: float = 0.5) -> None:
-        """Stop every lane (waking them first) and fail the remaining waiters."""
+        """Stop every lane and fail the remaining waiters.
+
+        Blocked lanes are stopped by closing their connections (the server then
+        drops their BLMOVE); each lane then recovers what its last move may have
+        delivered (``settle``) before it ends.
+        """
         self._closed = True
         while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(self._closed_error())
+            waiter = self._waiters.popleft()
+            if not waiter.fut.done():
+                waiter.fut.set_exception(self._closed_error())
         tasks = [lane.task for lane in self.lanes if lane.task is not None]
-        self._trim()
+        for lane in self.lanes:
+            if lane.task is not None and lane.blocked and lane.conn is not None:
+                await self._link.discard(lane.conn)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=grace)
+        await self.drain(grace)
+
+    async def drain(self, grace: float) -> None:
+        """Wait (at most ``grace`` seconds) for the background returns in flight."""
         if self._background:
             await asyncio.wait(list(self._background), timeout=grace)
 

@@ -129,9 +129,6 @@ class Link:
         #: current master (redis-py 8 reconnects a dropped connection to its
         #: old address when it is simply used again).
         self._broken: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
-        self._client_ids: weakref.WeakKeyDictionary[AbstractConnection, tuple[object, int]] = (
-            weakref.WeakKeyDictionary()
-        )
         #: One connection kept between operations, so the common case skips
         #: the pool's locking and bookkeeping.
         self._spare: AbstractConnection | None = None
@@ -259,9 +256,9 @@ class Link:
         sees each reply as soon as it is read, until the first error reply (after
         which the order of replies is not to be trusted: see :meth:`blocking`).
 
-        ``wait_last``: the last command is a WAIT.  WAIT blocks, so a CLIENT
-        UNBLOCK meant for an earlier BLMOVE on this connection may reach it
-        instead; its ``-UNBLOCKED`` answer then reads as None, not as an error.
+        ``wait_last``: the last command is a WAIT.  WAIT blocks, so another
+        client's CLIENT UNBLOCK may interrupt it; its ``-UNBLOCKED`` answer then
+        reads as None, not as an error.
         """
         packed = conn.pack_commands([tuple(c) for c in commands])
         saved = conn.socket_timeout
@@ -402,31 +399,17 @@ class Link:
                 )
             self.replica_shortfalls += 1
 
-    async def client_id(self, conn: AbstractConnection) -> int:
-        """The server-side id of ``conn``, fetched once per physical connection."""
-        writer = getattr(conn, "_writer", None)
-        cached = self._client_ids.get(conn)
-        if cached is not None and cached[0] is writer and writer is not None:
-            return cached[1]
-        reply = await self.run(conn, [("CLIENT", "ID")])
-        self._client_ids[conn] = (getattr(conn, "_writer", None), int(reply[0]))
-        return int(reply[0])
-
-    def known_client_id(self, conn: AbstractConnection) -> int | None:
-        cached = self._client_ids.get(conn)
-        if cached is None or cached[0] is not getattr(conn, "_writer", None):
-            return None
-        return cached[1]
-
     async def blocking(
         self, conn: AbstractConnection, command: Command, *, read_timeout: float
     ) -> Any:
-        """Run one blocking command that :meth:`unblock` may wake.
+        """Run one blocking command.
 
-        A woken command answers ``-UNBLOCKED``.  On Redis 7.0 a command that
-        CLIENT PAUSE had postponed still runs after that answer, so the
-        connection is synchronised with a PING: a reply that arrives before
-        the PONG is the command's real, late result, and is returned.
+        This library never wakes its own blocked commands, but another client's
+        ``CLIENT UNBLOCK`` can: such a command answers ``-UNBLOCKED``.  On Redis
+        7.0 a command that CLIENT PAUSE had postponed still runs after that
+        answer, so the connection is synchronised with a PING: a reply that
+        arrives before the PONG is the command's real, late result, and is
+        returned.
         """
         try:
             return (await self.run(conn, [command], read_timeout=read_timeout))[0]
@@ -452,26 +435,6 @@ class Link:
             raise
         finally:
             conn.socket_timeout = saved
-
-    async def unblock(self, client_id: int, conn: AbstractConnection | None = None) -> None:
-        """Wake a connection blocked in BLMOVE, which then answers ``-UNBLOCKED``.
-
-        The ERROR form is used on purpose: on Redis 7.0, ``CLIENT UNBLOCK ...
-        TIMEOUT`` aimed at a command postponed by CLIENT PAUSE WRITE (as
-        during a failover) crashes the server.
-        """
-        try:
-            pool = self._home.get(conn) if conn is not None and self.cluster else None
-            if pool is None:
-                await self.call("CLIENT", "UNBLOCK", client_id, "ERROR")
-            else:  # the blocked connection's own node, wherever the slot is now
-                other = await pool.get()
-                try:
-                    await self.run(other, [("CLIENT", "UNBLOCK", client_id, "ERROR")])
-                finally:
-                    await pool.put(other)
-        except AMBIGUOUS + TRANSIENT as exc:
-            log.debug("CLIENT UNBLOCK %s failed: %r", client_id, exc)
 
 
 async def retrying(

@@ -82,7 +82,11 @@ class RedisEvent:
         for lane in lanes:
             lane.extra["ack"] = self._keys.key(f"acked:{instance}.{lane.index}")
         self._dispatcher: Dispatcher[str] = Dispatcher(
-            self._link, self, lanes, lambda: RedisEventError(f"event {name!r} is closed")
+            self._link,
+            self,
+            lanes,
+            lambda: RedisEventError(f"event {name!r} is closed"),
+            max_block=MAX_BLOCK,
         )
 
     async def set(self) -> None:
@@ -112,15 +116,53 @@ class RedisEvent:
         await retrying(lambda _: self._link.call("DEL", self._signals), what="event clear")
 
     async def is_set(self) -> bool:
-        """Whether at least one signal is pending."""
-        length = await retrying(lambda _: self._link.call("LLEN", self._signals))
-        return int(length) > 0
+        """Whether at least one signal is pending (set and not yet taken by a ``wait()``).
+
+        A signal the server has just moved into a waiter's inbox, but that no
+        ``wait()`` has acknowledged yet, is still pending: it is counted, so
+        ``is_set()`` never says False for a moment while a signal is on its way
+        to a waiter that has already given up.
+        """
+        return await retrying(lambda _: self._pending(), what="event is_set") > 0
 
     async def statistics(self) -> EventStatistics:
-        length = await retrying(lambda _: self._link.call("LLEN", self._signals))
+        pending = await retrying(lambda _: self._pending(), what="event statistics")
         return EventStatistics(
-            self.name, int(length), self._dispatcher.waiting, self._dispatcher.active_lanes
+            self.name, pending, self._dispatcher.waiting, self._dispatcher.active_lanes
         )
+
+    async def _pending(self) -> int:
+        """Signals in the list plus signals sitting in inboxes, read atomically.
+
+        Every non-empty inbox is registered (a lane registers before it moves
+        into it, and leaves the registry in the same transaction that empties
+        it), so one transaction reading the list and the registered inboxes
+        sees every signal not yet taken.  When the registry changed between the
+        first read (which learns its members) and the second, look again.
+        """
+        replies = await self._link.pipeline(
+            [("MULTI",), ("LLEN", self._signals), ("ZRANGE", self._inboxes, 0, -1), ("EXEC",)]
+        )
+        length, members = replies[-1]
+        inboxes = sorted(text(m) for m in members)
+        for _ in range(8):
+            if int(length) > 0 or not inboxes:
+                return int(length)
+            replies = await self._link.pipeline(
+                [
+                    ("MULTI",),
+                    ("LLEN", self._signals),
+                    ("ZRANGE", self._inboxes, 0, -1),
+                    *[("LLEN", inbox) for inbox in inboxes],
+                    ("EXEC",),
+                ]
+            )
+            length, members, *sizes = replies[-1]
+            held = sum(int(size) for size in sizes)
+            if held or set(map(text, members)) <= set(inboxes):
+                return int(length) + held
+            inboxes = sorted(text(m) for m in members)
+        return int(length)
 
     async def close(self) -> None:
         """Stop waiting: pending ``wait()`` calls raise :class:`RedisEventError`.
@@ -135,17 +177,18 @@ class RedisEvent:
 
     # -- lanes (called by the dispatcher) ------------------------------------
 
-    async def pull(self, lane: Lane, block: bool) -> str | None:
+    async def pull(self, lane: Lane, block: float | None) -> str | None:
         lane.conn = conn = await self._link.ensure(lane.conn)
         if lane.dirty:
             await self._recover(lane)
-        if block:
-            await self._link.client_id(conn)
-            move: Command = ("BLMOVE", self._signals, lane.key, "LEFT", "RIGHT", MAX_BLOCK)
+        if block is not None:
+            move: Command = ("BLMOVE", self._signals, lane.key, "LEFT", "RIGHT", block)
+            read_timeout = block + READ_GRACE
         else:
             move = ("LMOVE", self._signals, lane.key, "LEFT", "RIGHT")
+            read_timeout = None
         now = int(time.time() * 1000)
-        lane.blocked = block
+        lane.blocked = block is not None
 
         def on_reply(index: int, reply: Any) -> None:
             # Read before the BLMOVE answers: abandoned inboxes are emptied
@@ -161,19 +204,18 @@ class RedisEvent:
                     ("ZRANGEBYSCORE", self._inboxes, "-inf", now, "LIMIT", 0, REAP_BATCH),
                     move,
                 ],
-                read_timeout=MAX_BLOCK + READ_GRACE,
+                read_timeout=read_timeout,
                 on_reply=on_reply,
             )
         except ResponseError as exc:
-            if not str(exc).startswith("UNBLOCKED"):
-                lane.dirty = True
-                raise
-            # Woken by CLIENT UNBLOCK.  A command postponed by CLIENT PAUSE
-            # may still run after this answer (Redis 7.0), which would shift
-            # the replies of this batch: drop the connection and recover the
-            # inbox instead of guessing.
-            await self._link.discard(conn)
             lane.dirty = True
+            if not str(exc).startswith("UNBLOCKED"):
+                raise
+            # Woken by somebody else's CLIENT UNBLOCK (this library sends none).
+            # A command postponed by CLIENT PAUSE may still run after that
+            # answer (Redis 7.0), which would shift the replies of this batch:
+            # drop the connection and recover the inbox instead of guessing.
+            await self._link.discard(conn)
             return None
         except BaseException:
             lane.dirty = True
@@ -182,7 +224,10 @@ class RedisEvent:
             lane.blocked = False
         if replies[2] is None:
             return None
-        signal = text(replies[2])
+        return text(replies[2])
+
+    async def accept(self, lane: Lane, signal: str) -> bool:
+        """Acknowledge ``signal`` for the waiter the dispatcher claimed."""
         lane.extra["acking"] = signal
         try:
             acked = await retrying(lambda ambiguous: self._ack(lane, signal, ambiguous))
@@ -190,7 +235,16 @@ class RedisEvent:
             lane.dirty = True
             raise
         lane.extra["acking"] = None
-        return signal if acked else None
+        return acked
+
+    async def refuse(self, lane: Lane, signal: str) -> None:
+        """Nobody waits any more: the signal goes from the inbox back to the head of
+        the list in one transaction, so it is in sight of ``is_set()`` throughout."""
+        try:
+            await retrying(lambda _: self._recover(lane), what="event hand-back")
+        except BaseException:
+            lane.dirty = True
+            raise
 
     async def _ack(self, lane: Lane, signal: str, ambiguous: bool) -> bool:
         """Take ``signal`` out of the lane's inbox; False if another waiter put it back.

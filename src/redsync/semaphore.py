@@ -234,7 +234,9 @@ class RedisSemaphore:
         self._slots: list[_Slot] = []
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._held: dict[str, _Holding] = {}
-        self._dispatcher: Dispatcher[str] = Dispatcher(link, self, lanes, self._closed_error)
+        self._dispatcher: Dispatcher[str] = Dispatcher(
+            link, self, lanes, self._closed_error, max_block=self._block
+        )
         self._sync_lock = asyncio.Lock()
         self._last_renew = -1e18
         self._closed = False
@@ -411,8 +413,18 @@ class RedisSemaphore:
         if self._closed:
             return
         self._closed = True
-        await self._watchdog.stop(grace=0.3)
         await self._dispatcher.close(grace=0.3)
+        await self._watchdog.stop(grace=0.3)
+        if any(slot.dirty for slot in self._slots):
+            # A lane stopped mid-move (close() closes blocked connections): one
+            # last renewal finds a permit that move may have delivered, and
+            # returns it, so it is not stuck in this instance's slot until the
+            # lease runs out.
+            try:
+                await asyncio.wait_for(self._renew(), 1.0)
+                await self._dispatcher.drain(0.5)
+            except Exception as exc:  # its lease runs out and survivors reclaim it
+                log.debug("settling %s on close failed: %r", self.name, exc)
         idle = [slot.member for slot in self._slots if slot.registered and slot.free]
         if idle:
             try:
@@ -506,12 +518,12 @@ class RedisSemaphore:
 
     # -- lanes (called by the dispatcher) -----------------------------------
 
-    async def pull(self, lane: Lane, block: bool) -> str | None:
+    async def pull(self, lane: Lane, block: float | None) -> str | None:
         slot = self._free_slot()
         if slot is None:
             # Every permit this instance may hold is held or on its way back.
-            if block:
-                await self._slot_freed(1.0)
+            if block is not None:
+                await self._slot_freed(min(1.0, block))
             return None
         slot.busy = True  # reserved: renewals leave it alone from now on
         try:
@@ -522,19 +534,16 @@ class RedisSemaphore:
                 await self._sync()
             lane.conn = conn = await self._link.ensure(lane.conn)
             pool = self._keys.key("pool")
-            if block and self._link.known_client_id(conn) is None:
-                await self._link.client_id(conn)
         except BaseException:
             slot.busy = False
             raise
         slot.epoch += 1
-        lane.blocked = block
+        lane.blocked = block is not None
         try:
-            if block:
-                command = ("BLMOVE", pool, slot.key, "LEFT", "RIGHT", self._block)
-                reply = await self._link.blocking(
-                    conn, command, read_timeout=self._block + READ_GRACE
-                )
+            if block is not None:
+                seconds = min(block, self._block)
+                command = ("BLMOVE", pool, slot.key, "LEFT", "RIGHT", seconds)
+                reply = await self._link.blocking(conn, command, read_timeout=seconds + READ_GRACE)
             else:
                 (reply,) = await self._link.run(conn, [("LMOVE", pool, slot.key, "LEFT", "RIGHT")])
         except BaseException:
@@ -550,6 +559,12 @@ class RedisSemaphore:
         token = self._hold(slot, text(reply)).token
         await self._link.replicate(conn)  # with replicas=N: durable before it is handed out
         return token
+
+    async def accept(self, lane: Lane, item: str) -> bool:
+        return True  # the token already sits in this instance's leased slot
+
+    async def refuse(self, lane: Lane, item: str) -> None:
+        await self.give_back(lane, item)
 
     async def settle(self, lane: Lane) -> None:
         # Slots, not lanes, carry state: a dirty slot is settled by a renewal.
