@@ -10,9 +10,9 @@ cancellation) while its server-side block still runs: a signal that reaches
 that block must stay visible to ``is_set()`` on every other instance, and go
 on to the next waiter; a permit must go on to the next waiter too.
 
-Each test runs on the shared standalone server, a 3-master Cluster and
-Sentinel with the default user, and on a private standalone server and the
-Cluster with exactly such a restricted user.
+Each test runs on the shared standalone server, a 3-master Cluster,
+Sentinel and a TLS server with the default user, and on a private standalone
+server and the Cluster with exactly such a restricted user.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from redsync import (
 )
 from redsync._keys import KeySpace
 
-DEPLOYMENTS = ["standalone", "cluster", "sentinel", "acl-standalone", "acl-cluster"]
+DEPLOYMENTS = ["standalone", "cluster", "sentinel", "tls", "acl-standalone", "acl-cluster"]
 STRATEGIES = [SemaphoreInitStrategy.LUA, SemaphoreInitStrategy.OPTIMISTIC_LOCKING]
 PASSWORD = "managed-pw"
 
@@ -99,6 +99,9 @@ async def deployment(
         make = lambda: Sentinel(setup.sentinel_addresses, socket_timeout=5).master_for(  # noqa: E731
             setup.service_name
         )
+    elif kind == "tls":
+        tls = request.getfixturevalue("tls_server")
+        make = lambda: aioredis.Redis.from_url(tls.url, ssl_ca_certs=str(tls.ca_cert))  # noqa: E731
     elif kind == "acl-standalone":
         server: RedisServer = request.getfixturevalue("private_server")
         _restrict(server, user, prefix)
