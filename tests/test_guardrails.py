@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from _infra import wait_until
@@ -321,3 +322,44 @@ def test_the_observers_own_commands_are_not_counted(private_server: RedisServer)
     private_server.reset_stats()
     private_server.commandstats()
     assert server_commands(private_server) == {}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "count"),
+    [(SemaphoreInitStrategy.LUA, 2048), (SemaphoreInitStrategy.OPTIMISTIC_LOCKING, 1024)],
+    ids=lambda v: getattr(v, "value", v),
+)
+async def test_many_permits_in_one_instance_cost_the_same_per_permit(
+    private_server: RedisServer,
+    redis_factory: Callable[..., aioredis.Redis],
+    unique_name: str,
+    strategy: SemaphoreInitStrategy,
+    count: int,
+) -> None:
+    """One instance takes every permit of a large semaphore: the work the server does
+    for the last quarter (commands sent plus commands scripts call) is no more than
+    for the first.  (Registering each new slot used to renew every slot held so far,
+    which made taking n permits cost O(n^2).)"""
+    sem = await RedisSemaphore.create(
+        redis_factory(private_server.url), unique_name, count=count,
+        semaphore_init_strategy=strategy,
+    )  # fmt: skip
+    quarter = count // 4
+    work: list[int] = []
+    try:
+        for _ in range(4):
+            private_server.reset_stats()
+            for _ in range(quarter):
+                await asyncio.wait_for(sem.acquire(), 10)
+            work.append(sum(server_commands(private_server).values()))
+        print(f"\n{strategy.value}: server commands per quarter of {count} permits: {work}")
+        assert (await sem.statistics()).held_here == count
+        assert work[3] <= 1.5 * work[0] + 50, work
+        # A constant per permit: one move, plus one registration of its new slot.
+        per_permit = 16 if strategy is SemaphoreInitStrategy.LUA else 24
+        assert max(work) <= per_permit * quarter, work
+        for _ in range(count):
+            await sem.release()
+        await assert_permits(redis_factory(private_server.url), unique_name, count, free=count)
+    finally:
+        await sem.close()

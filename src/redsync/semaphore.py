@@ -17,6 +17,7 @@ How it works, in short (ARCHITECTURE.md has the details and invariants):
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import uuid
@@ -125,6 +126,8 @@ class _Slot:
     registered: bool = False
     #: Bumped whenever a move starts, so a renewal can tell if one ran meanwhile.
     epoch: int = 0
+    #: Queued in ``RedisSemaphore._maybe_free``.
+    queued: bool = False
 
     @property
     def free(self) -> bool:
@@ -232,6 +235,9 @@ class RedisSemaphore:
         self._instance = uuid.uuid4().hex[:16]
         lanes = [Lane(i) for i in range(min(meta_count, MAX_LANES))]
         self._slots: list[_Slot] = []
+        #: Slots that may have become free, so finding one costs O(1) however
+        #: many permits this instance holds (each entry is checked when taken).
+        self._maybe_free: collections.deque[_Slot] = collections.deque()
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._held: dict[str, _Holding] = {}
         self._dispatcher: Dispatcher[str] = Dispatcher(
@@ -531,11 +537,12 @@ class RedisSemaphore:
             if not slot.registered or loop.time() - self._last_renew > self.lease_ttl / 2:
                 # Never move a permit into a slot that is not (freshly) leased:
                 # it could otherwise outlive the lease unnoticed.
-                await self._sync()
+                await self._sync(slot)
             lane.conn = conn = await self._link.ensure(lane.conn)
             pool = self._keys.key("pool")
         except BaseException:
             slot.busy = False
+            self._freed(slot)
             raise
         slot.epoch += 1
         lane.blocked = block is not None
@@ -554,7 +561,7 @@ class RedisSemaphore:
             slot.busy = False
             lane.blocked = False
         if reply is None:
-            self._wake_slot_waiters()
+            self._freed(slot)
             return None
         token = self._hold(slot, text(reply)).token
         await self._link.replicate(conn)  # with replicas=N: durable before it is handed out
@@ -592,19 +599,32 @@ class RedisSemaphore:
         return fallback
 
     def _free_slot(self) -> _Slot | None:
-        for slot in self._slots:
+        while self._maybe_free:
+            slot = self._maybe_free.popleft()
+            slot.queued = False
             if slot.free:
                 return slot
         # Enough slots for every permit to be held here and every permit to be
         # on its way back, plus one per lane: a lane never waits for a release
         # reply before blocking for the next permit, so the server hands a
-        # released permit over in one round trip.  Slots are created on demand.
+        # released permit over in one round trip.  Slots are created on demand
+        # (and registered one by one, see _sync).
         if len(self._slots) >= 2 * self._count + len(self._dispatcher.lanes):
-            return None
+            return next((slot for slot in self._slots if slot.free), None)
         member = f"{self._instance}.{len(self._slots)}"
         slot = _Slot(member, self._ops.lane_key(member))
         self._slots.append(slot)
         return slot
+
+    def _queue(self, slot: _Slot) -> None:
+        if not slot.queued:
+            slot.queued = True
+            self._maybe_free.append(slot)
+
+    def _freed(self, slot: _Slot) -> None:
+        """``slot`` may be free now: queue it and wake lanes waiting for one."""
+        self._queue(slot)
+        self._wake_slot_waiters()
 
     def _hold(self, slot: _Slot, token: str) -> _Holding:
         earlier = self._held.pop(token, None)
@@ -623,7 +643,7 @@ class RedisSemaphore:
 
     def _vacate(self, slot: _Slot) -> None:
         slot.holding = None
-        self._wake_slot_waiters()
+        self._freed(slot)
 
     async def _slot_freed(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -670,7 +690,7 @@ class RedisSemaphore:
             raise
         finally:
             slot.releasing = None
-            self._wake_slot_waiters()
+            self._freed(slot)
 
     def _closed_error(self) -> RedisSemaphoreError:
         return RedisSemaphoreError(f"semaphore {self.name!r} is closed")
@@ -697,28 +717,30 @@ class RedisSemaphore:
             except Exception:
                 log.exception("lease-lost callback failed")
 
-    async def _sync(self) -> None:
-        """Renew now (registering new lanes), unless a renewal just did."""
+    async def _sync(self, slot: _Slot) -> None:
+        """Make sure ``slot`` is registered under a fresh lease before a move into it.
+
+        After a recent renewal only ``slot`` itself is registered (a renewal of
+        that one slot), so taking many permits in one instance costs the same
+        per permit however many it already holds; otherwise everything is
+        renewed.
+        """
         async with self._sync_lock:
-            if (
-                all(slot.registered and not slot.dirty for slot in self._slots if slot.busy)
-                and asyncio.get_running_loop().time() - self._last_renew < self.lease_ttl / 4
-            ):
+            fresh = asyncio.get_running_loop().time() - self._last_renew < self.lease_ttl / 4
+            if fresh and slot.registered and not slot.dirty:
                 return
-            await retrying(lambda _: self._renew_once(), what="semaphore renewal")
+            only = [slot] if fresh and not slot.dirty else None
+            await retrying(lambda _: self._renew_once(only), what="semaphore renewal")
 
     async def _renew(self) -> None:
         async with self._sync_lock:
             await self._renew_once()
 
-    async def _renew_once(self) -> None:
+    async def _renew_once(self, only: list[_Slot] | None = None) -> None:
+        """Renew every slot's lease (or only those of ``only``) and settle what it finds."""
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
-        slots = [
-            slot
-            for slot in self._slots
-            if slot.registered or slot.busy or slot.dirty or slot.holding or slot.releasing
-        ]
+        slots = list(self._slots) if only is None else only
         snapshot = [(slot.epoch, slot.busy, slot.holding, slot.releasing) for slot in slots]
         states = []
         for slot in slots:
@@ -771,8 +793,9 @@ class RedisSemaphore:
                     else:  # pragma: no cover - a slot never holds two tokens
                         log.error("slot %s holds more than one token: %s", slot.key, contents)
                 if slot.holding is None:
-                    self._wake_slot_waiters()
-        self._last_renew = sent_at
+                    self._freed(slot)
+        if only is None:
+            self._last_renew = sent_at
         if result.stale_members:
             returned = await self._ops.reclaim(result.stale_members, self._gen, self._ttl_ms)
             if returned > 0:
