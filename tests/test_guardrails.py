@@ -26,7 +26,8 @@ import redis.asyncio as aioredis
 from _infra import wait_until
 from _infra.servers import RedisServer
 from helpers import assert_permits, tokens
-from redsync import RedisSemaphore, SemaphoreInitStrategy
+from redsync import RedisEvent, RedisSemaphore, SemaphoreInitStrategy
+from redsync._link import MAX_KEPT
 
 #: Commands that redis-cli sends for the test itself (reading and resetting the stats).
 OBSERVER_COMMANDS = frozenset({"info", "config|resetstat", "client|list"})
@@ -363,3 +364,40 @@ async def test_many_permits_in_one_instance_cost_the_same_per_permit(
         await assert_permits(redis_factory(private_server.url), unique_name, count, free=count)
     finally:
         await sem.close()
+
+
+async def test_many_idle_instances_share_a_few_kept_connections(
+    private_server: RedisServer, unique_name: str
+) -> None:
+    """Each instance used to keep a connection of its own between operations, so the
+    101st instance on a default client (a pool of 100 on redis-py 8) failed with
+    MaxConnectionsError.  Kept connections are shared per pool now."""
+    client = aioredis.Redis.from_url(private_server.url, max_connections=20)
+    sems: list[RedisSemaphore] = []
+    events: list[RedisEvent] = []
+    try:
+        for i in range(60):
+            for strategy in (SemaphoreInitStrategy.LUA, SemaphoreInitStrategy.OPTIMISTIC_LOCKING):
+                sem = await RedisSemaphore.create(
+                    client, f"{unique_name}-{i}", count=2, semaphore_init_strategy=strategy
+                )
+                sems.append(sem)
+                await sem.acquire(timeout=5)
+                await sem.release()
+            event = RedisEvent(client, f"{unique_name}-{i}")
+            events.append(event)
+            await event.set()
+            await event.wait(timeout=5)
+        pool = client.connection_pool
+        in_use = len(pool._in_use_connections)  # type: ignore[attr-defined]
+        assert in_use <= MAX_KEPT, f"{in_use} connections kept by {len(sems)} idle instances"
+        for sem in sems[:4]:
+            assert (await sem.statistics()).available == 2
+    finally:
+        for sem in sems:
+            await sem.close()
+        for event in events:
+            await event.close()
+    # The last instance to close gives the kept connections back.
+    assert len(client.connection_pool._in_use_connections) == 0  # type: ignore[attr-defined]
+    await client.aclose()

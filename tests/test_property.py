@@ -338,8 +338,9 @@ async def test_one_shot_calls_survive_a_killed_idle_connection(
                 killed += 1
         assert killed >= 1
         idle = list(client.connection_pool._available_connections)  # type: ignore[attr-defined]
-        if sem._link._spare is not None:  # the connection the instance keeps between calls
-            idle.append(sem._link._spare)
+        kept = sem._link._kept  # the connections kept between calls
+        if kept is not None:
+            idle.extend(kept.free)
         assert idle
         # The client has seen the server close every idle connection.
         await wait_until(

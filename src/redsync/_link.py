@@ -103,6 +103,46 @@ class _Pool:
             self.node._free.append(conn)  # type: ignore[arg-type]
 
 
+#: Most connections one process keeps checked out of one connection pool (per
+#: event loop) between operations, shared by every primitive instance using it.
+MAX_KEPT = 4
+
+
+class _Kept:
+    """Connections kept out of one pool between operations, for one event loop.
+
+    Borrowing from redis-py's pool takes its lock and updates its bookkeeping
+    (redis-py 8 also records metrics), which is a good part of the client CPU
+    of one acquisition.  So a few connections stay checked out and are lent
+    directly, and they are shared by every instance of every primitive on that
+    pool: however many instances a process holds, they keep at most
+    ``MAX_KEPT`` connections, never one each (a default client's pool allows
+    only 100).  They go back to the pool when the last instance closes.
+    """
+
+    __slots__ = ("free", "users")
+
+    def __init__(self) -> None:
+        self.free: list[AbstractConnection] = []
+        self.users = 0
+
+
+_KEPT: weakref.WeakKeyDictionary[
+    object, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Kept]
+] = weakref.WeakKeyDictionary()
+
+
+def _kept_for(pool: object) -> _Kept:
+    per_loop = _KEPT.get(pool)
+    if per_loop is None:
+        per_loop = _KEPT[pool] = weakref.WeakKeyDictionary()
+    loop = asyncio.get_running_loop()
+    kept = per_loop.get(loop)
+    if kept is None:
+        kept = per_loop[loop] = _Kept()
+    return kept
+
+
 class Link:
     """Borrowed connections and un-retried command batches for one primitive.
 
@@ -129,9 +169,9 @@ class Link:
         #: current master (redis-py 8 reconnects a dropped connection to its
         #: old address when it is simply used again).
         self._broken: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
-        #: One connection kept between operations, so the common case skips
-        #: the pool's locking and bookkeeping.
-        self._spare: AbstractConnection | None = None
+        #: The process's kept connections of the client's pool (plain clients
+        #: only: a cluster node lends its connections without locking).
+        self._kept: _Kept | None = None
         self._closed = False
         #: Replicas every write must reach (WAIT) before it counts as done; 0: none.
         self.replicas = 0
@@ -178,9 +218,16 @@ class Link:
             return False
         return not self.cluster or (not self._stale and self._home.get(conn) is self._pool)
 
+    def _kept_list(self) -> _Kept | None:
+        if self._kept is None and not self._closed and self._pool is not None and not self.cluster:
+            self._kept = _kept_for(self._pool.pool)
+            self._kept.users += 1
+        return self._kept
+
     async def borrow(self) -> AbstractConnection:
-        conn, self._spare = self._spare, None
-        if conn is not None:
+        kept = self._kept_list()
+        while kept is not None and kept.free:
+            conn = kept.free.pop()
             if self.current(conn):
                 return conn
             await self._retire(conn)
@@ -215,19 +262,25 @@ class Link:
             await pool.put(conn)
 
     async def give_back(self, conn: AbstractConnection) -> None:
-        if self._spare is None and not self._closed and self.current(conn):
-            self._spare = conn
+        kept = self._kept_list()
+        if kept is not None and len(kept.free) < MAX_KEPT and self.current(conn):
+            kept.free.append(conn)
         elif self.current(conn):
             await self._put(conn)
         else:
             await self._retire(conn)
 
     async def close(self) -> None:
-        """Return the kept connection to the client's pool, and keep none from now on."""
+        """Stop using the kept connections; the last instance to close returns them."""
         self._closed = True
-        conn, self._spare = self._spare, None
-        if conn is not None:
-            await self._put(conn)
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return
+        kept.users -= 1
+        if kept.users <= 0:
+            conns, kept.free = kept.free, []
+            for conn in conns:
+                await self._put(conn)
 
     async def discard(self, conn: AbstractConnection) -> None:
         """Close a connection whose state is unknown (a reply may be pending)."""
