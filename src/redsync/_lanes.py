@@ -59,8 +59,9 @@ class Lane:
     dirty: bool = False
     #: Taken by a one-off non-blocking attempt (see Dispatcher.try_get).
     reserved: bool = False
-    #: Loop time at which this lane's current server-side block ends.
-    block_ends: float = 0.0
+    #: While the lane is pulling: the waiter deadline (loop time, inf allowed)
+    #: its server-side block was sized for.
+    covers: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -181,6 +182,8 @@ class Dispatcher(Generic[T]):
                     await self._settle(lane)
                     await self._park(lane)
                     lane.reserved = False
+                    if not self._closed:
+                        self._spawn()  # a waiter may have queued meanwhile
         return None
 
     # -- delivery -----------------------------------------------------------
@@ -211,6 +214,9 @@ class Dispatcher(Generic[T]):
     def _unclaim(self, waiter: _Waiter[T]) -> None:
         """Put a claimed task back at the head of the queue (nothing was delivered)."""
         if waiter.fut.done():
+            return
+        if self._closed:
+            waiter.fut.set_exception(self._closed_error())
             return
         loop = asyncio.get_running_loop()
         left = waiter.deadline - loop.time()
@@ -263,35 +269,37 @@ class Dispatcher(Generic[T]):
     def _block_for(self, lane: Lane) -> float:
         """How long ``lane`` blocks on the server this time.
 
-        Blocked lanes cover the waiters' deadlines from the latest down: this
-        lane takes the latest deadline not already covered by a lane blocked
-        at least that long.  So when a waiter's timeout runs out, the block
-        that was there for it ends too, and no connection stays blocked for
-        a wait that is over (a waiter without a timeout gets ``max_block``).
+        Pulling lanes cover the waiters' deadlines from the latest down: this
+        lane takes the latest deadline that no other pulling lane already
+        covers.  So when a waiter's timeout runs out, the block that was there
+        for it ends too, and no connection stays blocked for a wait that is
+        over (a waiter without a timeout gets ``max_block``, and again after).
         """
         now = asyncio.get_running_loop().time()
         covered = sorted(
-            (other.block_ends for other in self.lanes if other.blocked and other is not lane),
+            (o.covers for o in self.lanes if o.covers is not None and o is not lane),
             reverse=True,
         )
         deadlines = sorted((w.deadline for w in self._waiters), reverse=True)
-        wanted = now + self._max_block
+        wanted = deadlines[-1] if deadlines else now
         for index, deadline in enumerate(deadlines):
-            if index >= len(covered) or covered[index] < min(deadline, now + self._max_block):
+            if index >= len(covered) or covered[index] < deadline:
                 wanted = deadline
                 break
-        else:
-            wanted = deadlines[-1] if deadlines else now
+        lane.covers = wanted
         return round(max(MIN_BLOCK, min(self._max_block, wanted - now)), 3)
 
     async def _run(self, lane: Lane) -> None:
         delay = 0.02
+        cancelled = False
         try:
             while not self._closed and self._active <= self.waiting:
                 block = self._block_for(lane)
-                lane.block_ends = asyncio.get_running_loop().time() + block
                 try:
-                    item = await self._backend.pull(lane, block)
+                    try:
+                        item = await self._backend.pull(lane, block)
+                    finally:
+                        lane.covers = None
                     if item is not None:
                         await self._hand_over(lane, item)
                 except AMBIGUOUS + TRANSIENT as exc:
@@ -303,6 +311,7 @@ class Dispatcher(Generic[T]):
                     continue
                 delay = 0.02
         except asyncio.CancelledError:
+            cancelled = True
             raise
         except Exception:  # a bug or a misconfigured server: wake the waiters with it
             log.exception("redsync lane %s stopped", lane.key)
@@ -314,8 +323,9 @@ class Dispatcher(Generic[T]):
             await self._settle(lane)
             await self._park(lane)
             lane.task = None  # only now may another task take this lane
-            # A waiter may have arrived between the loop test and here.
-            if not self._closed:
+            # A waiter may have arrived between the loop test and here (but a
+            # cancelled lane must not start another: its loop is shutting down).
+            if not self._closed and not cancelled:
                 self._spawn()
 
     def _fail_all_if_idle(self) -> None:
@@ -352,6 +362,7 @@ class Dispatcher(Generic[T]):
         tasks = [lane.task for lane in self.lanes if lane.task is not None]
         for lane in self.lanes:
             if lane.task is not None and lane.blocked and lane.conn is not None:
+                lane.extra["cut"] = True
                 await self._link.discard(lane.conn)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)

@@ -12,6 +12,8 @@ wait hands back a signal that reached it too late.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from ._link import Client, Command, Link, retrying, text
 from .exceptions import RedisEventError, RedisEventTimeoutError
 
 __all__ = ["EventStatistics", "RedisEvent"]
+
+log = logging.getLogger("redsync")
 
 MAX_LANES = 16
 #: Longest single BLMOVE; a lane re-registers its inbox each time it blocks again.
@@ -123,15 +127,15 @@ class RedisEvent:
         ``is_set()`` never says False for a moment while a signal is on its way
         to a waiter that has already given up.
         """
-        return await retrying(lambda _: self._pending(), what="event is_set") > 0
+        return await retrying(lambda _: self._pending(exact=False), what="event is_set") > 0
 
     async def statistics(self) -> EventStatistics:
-        pending = await retrying(lambda _: self._pending(), what="event statistics")
+        pending = await retrying(lambda _: self._pending(exact=True), what="event statistics")
         return EventStatistics(
             self.name, pending, self._dispatcher.waiting, self._dispatcher.active_lanes
         )
 
-    async def _pending(self) -> int:
+    async def _pending(self, *, exact: bool) -> int:
         """Signals in the list plus signals sitting in inboxes, read atomically.
 
         Every non-empty inbox is registered (a lane registers before it moves
@@ -139,14 +143,16 @@ class RedisEvent:
         it), so one transaction reading the list and the registered inboxes
         sees every signal not yet taken.  When the registry changed between the
         first read (which learns its members) and the second, look again.
+        Unless ``exact``, a non-empty list answers at once.
         """
         replies = await self._link.pipeline(
             [("MULTI",), ("LLEN", self._signals), ("ZRANGE", self._inboxes, 0, -1), ("EXEC",)]
         )
         length, members = replies[-1]
         inboxes = sorted(text(m) for m in members)
+        held = 0
         for _ in range(8):
-            if int(length) > 0 or not inboxes:
+            if not inboxes or (int(length) > 0 and not exact):
                 return int(length)
             replies = await self._link.pipeline(
                 [
@@ -159,10 +165,10 @@ class RedisEvent:
             )
             length, members, *sizes = replies[-1]
             held = sum(int(size) for size in sizes)
-            if held or set(map(text, members)) <= set(inboxes):
+            if set(map(text, members)) <= set(inboxes) or (held and not exact):
                 return int(length) + held
             inboxes = sorted(text(m) for m in members)
-        return int(length)
+        return int(length) + held
 
     async def close(self) -> None:
         """Stop waiting: pending ``wait()`` calls raise :class:`RedisEventError`.
@@ -170,6 +176,7 @@ class RedisEvent:
         Optional: an event holds no background task while nobody waits.
         """
         await self._dispatcher.close(grace=0.3)
+        await self._unregister_lanes()
         await self._link.close()
 
     def __repr__(self) -> str:
@@ -189,6 +196,7 @@ class RedisEvent:
             read_timeout = None
         now = int(time.time() * 1000)
         lane.blocked = block is not None
+        lane.extra["used"] = True
 
         def on_reply(index: int, reply: Any) -> None:
             # Read before the BLMOVE answers: abandoned inboxes are emptied
@@ -255,9 +263,17 @@ class RedisEvent:
         record = lane.extra["ack"]
         lane.conn = conn = await self._link.ensure(lane.conn)
         if ambiguous:
-            (items,) = await self._link.run(conn, [("LRANGE", record, 0, -1)])
-            if signal in map(text, items):
-                return True
+            # Still in the inbox: the earlier attempt did not run.  Else it ran
+            # if the record has the signal (and the inbox was reaped if not).
+            # The inbox is looked at first: the record may hold this very signal
+            # from an earlier acknowledgement, before it was handed back.
+            replies = await self._link.run(
+                conn,
+                [("MULTI",), ("LRANGE", lane.key, 0, -1), ("LRANGE", record, 0, -1), ("EXEC",)],
+            )
+            in_inbox, in_record = replies[-1]
+            if signal not in map(text, in_inbox):
+                return signal in map(text, in_record)
         replies = await self._link.run(
             conn,
             [
@@ -282,6 +298,27 @@ class RedisEvent:
         await self._push(item, head=True)
 
     # -- internals --------------------------------------------------------------
+
+    async def _unregister_lanes(self) -> None:
+        """At close: take this instance's inboxes out of the registry, so ``is_set()``
+        and reapers stop looking at them.
+
+        A lane whose blocked connection ``close()`` cut stays registered (for one
+        inbox lease): should the server still run its BLMOVE after the recovery
+        looked, a reaper finds the signal when the lease runs out.
+        """
+        commands: list[Command] = []
+        deadline = int(time.time() * 1000) + INBOX_LEASE_MS
+        for lane in self._dispatcher.lanes:
+            if lane.extra.get("cut"):
+                commands.append(("ZADD", self._inboxes, deadline, lane.key))
+            elif lane.extra.get("used") and not lane.dirty:
+                commands += self._put_back(lane.key)
+        if commands:
+            try:
+                await asyncio.wait_for(self._link.pipeline(commands), 0.5)
+            except Exception as exc:  # registrations run out on their own
+                log.debug("unregistering the inboxes of %r failed: %r", self.name, exc)
 
     async def _push(self, signal: str, *, head: bool) -> None:
         # The record names this push, not the signal: one signal can be

@@ -410,7 +410,7 @@ class RedisSemaphore:
         return None if meta is None else meta.count
 
     async def close(self) -> None:
-        """Stop the renewal task and the blocking connections; returns within about a second.
+        """Stop the renewal task and the blocking connections; returns within a second or two.
 
         Tasks still waiting in :meth:`acquire` get a :class:`RedisSemaphoreError`.
         Permits still held stay valid until their lease runs out and can be
@@ -421,17 +421,21 @@ class RedisSemaphore:
         self._closed = True
         await self._dispatcher.close(grace=0.3)
         await self._watchdog.stop(grace=0.3)
-        if any(slot.dirty for slot in self._slots):
-            # A lane stopped mid-move (close() closes blocked connections): one
-            # last renewal finds a permit that move may have delivered, and
-            # returns it, so it is not stuck in this instance's slot until the
-            # lease runs out.
+        # Slots of lanes stopped mid-move (close() closes blocked connections).
+        cut = [slot for slot in self._slots if slot.dirty]
+        if cut:
+            # One last renewal finds a permit such a move delivered and returns
+            # it, so it does not wait in this instance's slot for the lease.
             try:
                 await asyncio.wait_for(self._renew(), 1.0)
-                await self._dispatcher.drain(0.5)
             except Exception as exc:  # its lease runs out and survivors reclaim it
                 log.debug("settling %s on close failed: %r", self.name, exc)
+        await self._dispatcher.drain(0.5)
+        # Cut slots stay registered: should the server still run a move into
+        # one after the renewal looked, its lease runs out and survivors
+        # reclaim the permit.
         idle = [slot.member for slot in self._slots if slot.registered and slot.free]
+        idle = [member for member in idle if member not in {slot.member for slot in cut}]
         if idle:
             try:
                 await asyncio.wait_for(self._ops.deregister(idle), 0.3)
@@ -538,6 +542,10 @@ class RedisSemaphore:
                 # Never move a permit into a slot that is not (freshly) leased:
                 # it could otherwise outlive the lease unnoticed.
                 await self._sync(slot)
+            if not slot.registered:  # the renewal found a new generation: start over
+                slot.busy = False
+                self._freed(slot)
+                return None
             lane.conn = conn = await self._link.ensure(lane.conn)
             pool = self._keys.key("pool")
         except BaseException:
@@ -553,6 +561,12 @@ class RedisSemaphore:
                 reply = await self._link.blocking(conn, command, read_timeout=seconds + READ_GRACE)
             else:
                 (reply,) = await self._link.run(conn, [("LMOVE", pool, slot.key, "LEFT", "RIGHT")])
+            lane.blocked = False
+            if reply is not None:
+                # With replicas=N: durable before it is handed out.  The slot
+                # stays busy meanwhile, so a renewal cannot take the token for
+                # an orphan; if this is cancelled, the renewal adopts it.
+                await self._link.replicate(conn)
         except BaseException:
             slot.dirty = True
             self._watchdog.kick()
@@ -563,9 +577,7 @@ class RedisSemaphore:
         if reply is None:
             self._freed(slot)
             return None
-        token = self._hold(slot, text(reply)).token
-        await self._link.replicate(conn)  # with replicas=N: durable before it is handed out
-        return token
+        return self._hold(slot, text(reply)).token
 
     async def accept(self, lane: Lane, item: str) -> bool:
         return True  # the token already sits in this instance's leased slot
@@ -756,6 +768,11 @@ class RedisSemaphore:
             self._ttl_ms,
             recovery_window_ms(self._ttl_ms),
         )
+        if result.status == "stale" and only is not None:
+            # Only the slots renewed were dropped: renew everything, so that
+            # every slot of the old generation is dropped before _gen moves on.
+            await self._renew_once(None)
+            return
         if result.status == "stale":
             log.warning(
                 "semaphore %r was re-created (generation %s -> %s); permits held here are lost",
