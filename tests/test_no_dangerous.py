@@ -299,6 +299,16 @@ async def test_close_stops_a_blocked_event_lane_at_once(
 # --------------------------------------------------------------------------- semaphores
 
 
+async def semaphore(
+    deployment: Deployment, name: str, strategy: SemaphoreInitStrategy
+) -> RedisSemaphore:
+    """An instance of the count=1 semaphore ``name``, on its own client."""
+    return await RedisSemaphore.create(
+        deployment.client(), name, count=1, key_prefix=deployment.prefix,
+        semaphore_init_strategy=strategy,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
 async def test_a_permit_reaching_an_ended_wait_goes_on(
     deployment: Deployment,
@@ -311,16 +321,7 @@ async def test_a_permit_reaching_an_ended_wait_goes_on(
     long before the ended lane's server-side block would have run out."""
     prefix = deployment.prefix
 
-    async def make() -> RedisSemaphore:
-        return await RedisSemaphore.create(
-            deployment.client(),
-            unique_name,
-            count=1,
-            key_prefix=prefix,
-            semaphore_init_strategy=strategy,
-        )
-
-    holder, ended, next_one = await make(), await make(), await make()
+    holder, ended, next_one = [await semaphore(deployment, unique_name, strategy) for _ in range(3)]
     try:
         await holder.acquire(timeout=5)
         task = asyncio.ensure_future(ended.acquire())
@@ -352,15 +353,8 @@ async def test_a_timed_out_acquire_leaves_no_blocked_lane(
     unique_name: str,
     strategy: SemaphoreInitStrategy,
 ) -> None:
-    prefix = deployment.prefix
-    sem = await RedisSemaphore.create(
-        deployment.client(), unique_name, count=1, key_prefix=prefix,
-        semaphore_init_strategy=strategy,
-    )  # fmt: skip
-    other = await RedisSemaphore.create(
-        deployment.client(), unique_name, count=1, key_prefix=prefix,
-        semaphore_init_strategy=strategy,
-    )  # fmt: skip
+    sem = await semaphore(deployment, unique_name, strategy)
+    other = await semaphore(deployment, unique_name, strategy)
     try:
         await other.acquire(timeout=5)
         for _ in range(3):
@@ -386,14 +380,8 @@ async def test_close_stops_a_blocked_semaphore_lane_at_once(
     strategy: SemaphoreInitStrategy,
 ) -> None:
     prefix = deployment.prefix
-    holder = await RedisSemaphore.create(
-        deployment.client(), unique_name, count=1, key_prefix=prefix,
-        semaphore_init_strategy=strategy,
-    )  # fmt: skip
-    waiter = await RedisSemaphore.create(
-        deployment.client(), unique_name, count=1, key_prefix=prefix,
-        semaphore_init_strategy=strategy,
-    )  # fmt: skip
+    holder = await semaphore(deployment, unique_name, strategy)
+    waiter = await semaphore(deployment, unique_name, strategy)
     try:
         await holder.acquire(timeout=5)
         task = asyncio.ensure_future(waiter.acquire())
