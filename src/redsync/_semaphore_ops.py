@@ -144,7 +144,7 @@ class LuaOps(_Base):
 
     async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int:
         keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.lane_key, members)]
-        args = [ttl_ms, count, gen, len(members), *members]
+        args = [ttl_ms, count, gen, len(members), *members, recovery_window_ms(ttl_ms)]
         return int(await self._run("refill", keys, args))
 
     async def deregister(self, members: Sequence[str]) -> int:
@@ -365,20 +365,37 @@ class TxOps(_Base):
             replies = await read(
                 [
                     ("HMGET", self.meta_key, "gen", "recover"),
+                    ("TIME",),
                     ("ZRANGE", self.holders_key, 0, -1),
                     ("LRANGE", self.pool_key, 0, -1),
                     *(("LRANGE", k, 1, -1) for k in lane_keys),
+                    *(("ZSCORE", self.holders_key, m) for m in members),
                 ]
             )
             found = replies[0]
             if found[0] is None or text(found[0]) != gen:
                 return None, -1
-            if int(found[1] or 0) == 0:
+            recover = int(found[1] or 0)
+            if recover == 0:
                 return None, 0
-            if sorted(_strings(replies[1])) != sorted(members):
+            now = now_ms(replies[1])
+            if recover > now:  # see semaphore_refill.lua: a later window
+                return None, 0
+            if sorted(_strings(replies[2])) != sorted(members):
                 return None, -2
+            n = len(members)
+            contents = replies[3 : 4 + n]
+            scores = replies[4 + n :]
+            # See semaphore_refill.lua: a live member that has not renewed
+            # since the window opened may hold a permit it has yet to put back.
+            opened = recover - recovery_window_ms(ttl_ms)
+            for score in scores:
+                if score is None:
+                    return None, -2
+                if float(score) < opened + ttl_ms:
+                    return None, -3
             present = set()
-            for items in replies[2:]:
+            for items in contents:
                 present.update(_strings(items))
             missing = [t for t in _tokens(gen, count) if t not in present]
             writes: list[Command] = [("HSET", self.meta_key, "recover", 0)]

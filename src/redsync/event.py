@@ -188,6 +188,11 @@ class RedisEvent:
         lane.conn = conn = await self._link.ensure(lane.conn)
         if lane.dirty:
             await self._recover(lane)
+            # Recovering may have replaced the lane's connection and given this
+            # one back, to be lent to the next command on its node: block on the
+            # connection the lane holds now, never on one somebody else may use.
+            if lane.conn is not None:
+                conn = lane.conn
         if block is not None:
             move: Command = ("BLMOVE", self._signals, lane.key, "LEFT", "RIGHT", block)
             read_timeout = block + READ_GRACE
