@@ -169,6 +169,9 @@ class Link:
         #: current master (redis-py 8 reconnects a dropped connection to its
         #: old address when it is simply used again).
         self._broken: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
+        #: Connections this link gave back and has not borrowed again: using one
+        #: would share a socket with whoever borrowed it next (a bug, caught in run()).
+        self._given: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
         #: The process's kept connections of the client's pool (plain clients
         #: only: a cluster node lends its connections without locking).
         self._kept: _Kept | None = None
@@ -229,10 +232,12 @@ class Link:
         while kept is not None and kept.free:
             conn = kept.free.pop()
             if self.current(conn):
+                self._given.discard(conn)
                 return conn
             await self._retire(conn)
         pool = await self._route()
         conn = await pool.get()
+        self._given.discard(conn)
         if self.cluster:
             self._home[conn] = pool
         return conn
@@ -257,6 +262,7 @@ class Link:
 
     async def _put(self, conn: AbstractConnection) -> None:
         self._broken.discard(conn)  # the pool reconnects it properly before lending it again
+        self._given.add(conn)
         pool = self._home.pop(conn, None) if self.cluster else self._pool
         if pool is not None:
             await pool.put(conn)
@@ -264,6 +270,7 @@ class Link:
     async def give_back(self, conn: AbstractConnection) -> None:
         kept = self._kept_list()
         if kept is not None and len(kept.free) < MAX_KEPT and self.current(conn):
+            self._given.add(conn)
             kept.free.append(conn)
         elif self.current(conn):
             await self._put(conn)
@@ -313,6 +320,11 @@ class Link:
         client's CLIENT UNBLOCK may interrupt it; its ``-UNBLOCKED`` answer then
         reads as None, not as an error.
         """
+        if conn in self._given:
+            raise RuntimeError(
+                "redsync bug: a command was sent on a connection already given back "
+                "(it may be in use elsewhere); please report it"
+            )
         packed = conn.pack_commands([tuple(c) for c in commands])
         saved = conn.socket_timeout
         # A write of a few hundred bytes does not block, and without a socket
