@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -142,7 +144,7 @@ class Dispatcher(Generic[T]):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         waiter = _Waiter(
-            fut, loop.time() + timeout if timeout is not None else float("inf"), timeout_error
+            fut, loop.time() + timeout if timeout is not None else math.inf, timeout_error
         )
         if timeout is not None:
             waiter.timer = loop.call_later(timeout, _expire, fut, timeout_error)
@@ -223,7 +225,7 @@ class Dispatcher(Generic[T]):
         if left <= 0:
             waiter.fut.set_exception(waiter.timeout_error())
             return
-        if waiter.deadline != float("inf"):
+        if waiter.deadline != math.inf:
             waiter.timer = loop.call_later(left, _expire, waiter.fut, waiter.timeout_error)
         self._waiters.appendleft(waiter)
 
@@ -280,12 +282,21 @@ class Dispatcher(Generic[T]):
             (o.covers for o in self.lanes if o.covers is not None and o is not lane),
             reverse=True,
         )
-        deadlines = sorted((w.deadline for w in self._waiters), reverse=True)
-        wanted = deadlines[-1] if deadlines else now
-        for index, deadline in enumerate(deadlines):
-            if index >= len(covered) or covered[index] < deadline:
-                wanted = deadline
+        # Only the latest len(covered) + 1 deadlines matter; waiters without a
+        # timeout (the usual case) come first, so stop counting them early.
+        untimed = 0
+        for waiter in self._waiters:
+            untimed += waiter.deadline == math.inf
+            if untimed > len(covered):
+                wanted = math.inf
                 break
+        else:
+            deadlines = heapq.nlargest(len(covered) + 1, (w.deadline for w in self._waiters))
+            wanted = deadlines[-1] if deadlines else now
+            for index, deadline in enumerate(deadlines):
+                if index >= len(covered) or covered[index] < deadline:
+                    wanted = deadline
+                    break
         lane.covers = wanted
         return round(max(MIN_BLOCK, min(self._max_block, wanted - now)), 3)
 

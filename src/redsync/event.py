@@ -141,19 +141,14 @@ class RedisEvent:
         Every non-empty inbox is registered (a lane registers before it moves
         into it, and leaves the registry in the same transaction that empties
         it), so one transaction reading the list and the registered inboxes
-        sees every signal not yet taken.  When the registry changed between the
-        first read (which learns its members) and the second, look again.
-        Unless ``exact``, a non-empty list answers at once.
+        sees every signal not yet taken.  Each read also learns the registry's
+        members; when it has members whose inboxes this read did not count (the
+        first read counts none), look again.  Unless ``exact``, any signal
+        found answers at once.
         """
-        replies = await self._link.pipeline(
-            [("MULTI",), ("LLEN", self._signals), ("ZRANGE", self._inboxes, 0, -1), ("EXEC",)]
-        )
-        length, members = replies[-1]
-        inboxes = sorted(text(m) for m in members)
-        held = 0
-        for _ in range(8):
-            if not inboxes or (int(length) > 0 and not exact):
-                return int(length)
+        inboxes: list[str] = []
+        total = 0
+        for _ in range(9):
             replies = await self._link.pipeline(
                 [
                     ("MULTI",),
@@ -164,11 +159,12 @@ class RedisEvent:
                 ]
             )
             length, members, *sizes = replies[-1]
-            held = sum(int(size) for size in sizes)
-            if set(map(text, members)) <= set(inboxes) or (held and not exact):
-                return int(length) + held
-            inboxes = sorted(text(m) for m in members)
-        return int(length) + held
+            total = int(length) + sum(int(size) for size in sizes)
+            registered = {text(m) for m in members}
+            if registered <= set(inboxes) or (total and not exact):
+                return total
+            inboxes = sorted(registered)
+        return total
 
     async def close(self) -> None:
         """Stop waiting: pending ``wait()`` calls raise :class:`RedisEventError`.
@@ -185,14 +181,11 @@ class RedisEvent:
     # -- lanes (called by the dispatcher) ------------------------------------
 
     async def pull(self, lane: Lane, block: float | None) -> str | None:
-        lane.conn = conn = await self._link.ensure(lane.conn)
         if lane.dirty:
             await self._recover(lane)
-            # Recovering may have replaced the lane's connection and given this
-            # one back, to be lent to the next command on its node: block on the
-            # connection the lane holds now, never on one somebody else may use.
-            if lane.conn is not None:
-                conn = lane.conn
+        # Taken only now: recovering may replace the lane's connection and give
+        # the old one back, to be lent to the next command on its node.
+        lane.conn = conn = await self._link.ensure(lane.conn)
         if block is not None:
             move: Command = ("BLMOVE", self._signals, lane.key, "LEFT", "RIGHT", block)
             read_timeout = block + READ_GRACE

@@ -422,7 +422,7 @@ class RedisSemaphore:
         await self._dispatcher.close(grace=0.3)
         await self._watchdog.stop(grace=0.3)
         # Slots of lanes stopped mid-move (close() closes blocked connections).
-        cut = [slot for slot in self._slots if slot.dirty]
+        cut = {slot for slot in self._slots if slot.dirty}
         if cut:
             # One last renewal finds a permit such a move delivered and returns
             # it, so it does not wait in this instance's slot for the lease.
@@ -434,8 +434,9 @@ class RedisSemaphore:
         # Cut slots stay registered: should the server still run a move into
         # one after the renewal looked, its lease runs out and survivors
         # reclaim the permit.
-        idle = [slot.member for slot in self._slots if slot.registered and slot.free]
-        idle = [member for member in idle if member not in {slot.member for slot in cut}]
+        idle = [
+            slot.member for slot in self._slots if slot.registered and slot.free and slot not in cut
+        ]
         if idle:
             try:
                 await asyncio.wait_for(self._ops.deregister(idle), 0.3)
@@ -628,14 +629,11 @@ class RedisSemaphore:
         self._slots.append(slot)
         return slot
 
-    def _queue(self, slot: _Slot) -> None:
+    def _freed(self, slot: _Slot) -> None:
+        """``slot`` may be free now: queue it and wake lanes waiting for one."""
         if not slot.queued:
             slot.queued = True
             self._maybe_free.append(slot)
-
-    def _freed(self, slot: _Slot) -> None:
-        """``slot`` may be free now: queue it and wake lanes waiting for one."""
-        self._queue(slot)
         self._wake_slot_waiters()
 
     def _hold(self, slot: _Slot, token: str) -> _Holding:
