@@ -193,6 +193,26 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             "2.0.0",
             limit=1.0,
         )
+    for key in _keys(summary, "idle"):
+        label = _label(key)
+        add(
+            f"{label}, lease_ttl 3 s: ≤ 3,000 server commands/s",
+            _metric(summary, key, "ours", "commands_per_s"),
+            None,
+            "",
+            limit=3000.0,
+            absolute=True,
+            unit="num",
+        )
+        add(
+            f"{label}: ≤ 4 connections",
+            _metric(summary, key, "ours", "connections"),
+            None,
+            "",
+            limit=4,
+            absolute=True,
+            unit="num",
+        )
     for key in _keys(summary, "crash"):
         ttl = float(key.split("=")[1])
         bound = ttl + ttl / 3
@@ -472,6 +492,31 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         ],
         waiting_rows,
     )
+
+    idle_rows = []
+    for key in _keys(summary, "idle"):
+        for lib in _present(summary, key):
+            e = summary[key][lib]
+            idle_rows.append(
+                _error(e, 5)
+                or [
+                    key.rsplit("=", 1)[1],
+                    LIBS[lib],
+                    fmt_num(e.get("commands_per_s")),
+                    fmt_num(e.get("connections")),
+                    fmt_num(e.get("tasks")),
+                ]
+            )
+    if idle_rows:
+        out += [
+            "### Idle semaphores",
+            "",
+            "Semaphores on one client with lease_ttl 3 s, a fifth of them used once, then "
+            "idle. Commands/s: every server command (script calls included); tasks: "
+            "background tasks the library keeps.",
+            "",
+        ]
+        out += _table(["semaphores", "library", "commands/s", "connections", "tasks"], idle_rows)
 
     out += ["## 5. Crash recovery (holder SIGKILLed)", ""]
     crash_rows = []

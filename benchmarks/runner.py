@@ -43,6 +43,10 @@ class Plan:
     waiters: tuple[int, ...] = (10, 100, 1000)
     hold: float = 2.0
     crash_ttls: tuple[float, ...] = (1.0, 2.0, 4.0)
+    #: Idle semaphores on one client (lease_ttl idle_ttl), measured for idle_window s.
+    idle_semaphores: int = 1000
+    idle_ttl: float = 3.0
+    idle_window: float = 6.0
     floor_ops: int = 5000
     rb_requests: int = 20000
     #: Lease (or lock expiry) for every case but crash recovery: the libraries' default.
@@ -70,6 +74,8 @@ SMOKE = Plan(
     waiters=(10,),
     hold=0.5,
     crash_ttls=(1.0,),
+    idle_semaphores=100,
+    idle_window=1.6,
     floor_ops=300,
     rb_requests=1000,
     extra_libs=("ours", "rs2"),
@@ -297,6 +303,26 @@ def plan_jobs(plan: Plan, libs: Sequence[str], port: int, repeat: int) -> list[J
                     spec("waiting", lib, waiters=waiters, hold=plan.hold, count=1),
                 )
                 for lib in extra
+            ]
+        )
+    if plan.idle_semaphores:
+        groups.append(
+            [
+                Job(
+                    "idle",
+                    {"semaphores": plan.idle_semaphores},
+                    lib,
+                    "single",
+                    spec(
+                        "idle",
+                        lib,
+                        semaphores=plan.idle_semaphores,
+                        idle_ttl=plan.idle_ttl,
+                        window=plan.idle_window,
+                    ),
+                )
+                for lib in extra
+                if lib in ("ours", "rs2")
             ]
         )
     for ttl in plan.crash_ttls:
@@ -541,6 +567,11 @@ def _progress(job: Job, result: dict[str, Any], elapsed: float) -> None:
         summary = (
             f"{result['commands_per_s']:.1f} cmd/s, {result['connections']} conns, "
             f"drain {result['drain']:.3f} s"
+        )
+    elif job.case == "idle":
+        summary = (
+            f"{result['commands_per_s']:.0f} cmd/s, {result['connections']} conns, "
+            f"{result['tasks']} tasks"
         )
     elif job.case == "crash":
         summary = (

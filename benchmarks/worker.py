@@ -393,6 +393,51 @@ async def run_waiting(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- case 4b: many idle semaphores -------------------------------------------------------
+
+
+async def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
+    """``semaphores`` semaphores on one client, a fifth used once, then left idle:
+    server commands per second and connections while nothing happens."""
+    from redsync import RedisSemaphore
+
+    n, ttl, window = int(spec["semaphores"]), float(spec["idle_ttl"]), float(spec["window"])
+    # 2.0.0 gets the pool it needs; ours runs on a default client.
+    pool = n + 16 if spec["lib"] == "rs2" else 100
+    client = async_client(spec["port"], "bench-idle", pool)
+    probe_ = Probe(spec["port"])
+    sems: list[Any] = []
+    tasks_before = len(asyncio.all_tasks())
+    try:
+        for i in range(n):
+            sems.append(
+                await RedisSemaphore.create(client, f"{spec['name']}:{i}", count=2, lease_ttl=ttl)
+            )
+        for sem in sems[::5]:
+            async with sem:
+                pass
+        await asyncio.sleep(ttl)  # past the first renewals of every instance
+        before = await probe_.commandstats()
+        started = time.perf_counter()
+        await asyncio.sleep(window)
+        delta = command_delta(before, await probe_.commandstats())
+        measured = time.perf_counter() - started
+        connections = await probe_.connections("bench-idle")
+        tasks = len(asyncio.all_tasks()) - tasks_before
+    finally:
+        for sem in sems:
+            await sem.close()
+        await client.aclose()
+        await probe_.close()
+    commands = summarize_commands(delta)
+    return {
+        "commands_per_s": commands["commands"] / measured,
+        "by_command_per_s": {k: v / measured for k, v in sorted(delta.items())},
+        "connections": connections,
+        "tasks": tasks,
+    }
+
+
 # -- case 5: crash recovery (the harness kills the holder) --------------------------------
 
 
@@ -428,6 +473,7 @@ MODES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "waiting": run_waiting,
     "crash_holder": run_crash_holder,
     "crash_waiter": run_crash_waiter,
+    "idle": run_idle,
 }
 
 

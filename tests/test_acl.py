@@ -106,11 +106,11 @@ async def test_optimistic_locking_works_without_scripting(
     assert stats.count == count and stats.available == 0
     assert {h.instance: h.permits for h in stats.holders} == {a.instance_id: 1, b.instance_id: 1}
     # Renewals (every lease_ttl / 3) keep both leases alive without Lua.
-    ticks = a._watchdog.ticks, b._watchdog.ticks
+    ticks = a._renewal.ticks, b._renewal.ticks
     await wait_until(
-        lambda: a._watchdog.ticks > ticks[0] + 2 and b._watchdog.ticks > ticks[1] + 2, timeout=5
+        lambda: a._renewal.ticks > ticks[0] + 2 and b._renewal.ticks > ticks[1] + 2, timeout=5
     )
-    assert a._watchdog.failures == 0 and b._watchdog.failures == 0
+    assert a._renewal.failures == 0 and b._renewal.failures == 0
     stats = await b.statistics()
     assert all(h.lease_remaining > 0 for h in stats.holders)
     assert stats.leases_lost == 0

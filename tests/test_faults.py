@@ -283,7 +283,7 @@ async def test_killed_connections_lose_and_duplicate_nothing(
     # A move whose reply died with its connection is found by the next
     # renewal and handed on: after that, every permit is back.
     for sem in sems:
-        sem._watchdog.kick()
+        sem._renewal.kick()
 
     async def settled() -> bool:
         return len((await tokens(redis, unique_name))["pool"]) == count
@@ -447,7 +447,7 @@ async def test_a_new_generation_voids_old_permits(
     observer = redis_factory(private_server.url)
     await assert_permits(observer, unique_name, 2, free=2)
     # The old instance follows the new generation from its next renewal on.
-    old._watchdog.kick()
+    old._renewal.kick()
     await wait_until(lambda: old._gen == newcomer._gen, timeout=5)
     await old.acquire()
     await newcomer.acquire()
@@ -512,15 +512,15 @@ async def test_watchdog_survives_readonly_and_connection_loss(
         redis_factory(server.url), unique_name, count=1, lease_ttl=0.5
     )
     await sem.acquire()
-    failures_before = sem._watchdog.failures
+    failures_before = sem._renewal.failures
     # Make the server a read-only replica: every renewal now fails (READONLY,
     # then the wipe of a full sync), as during a failover.
     server.cli("REPLICAOF", "127.0.0.1", str(primary.port))
-    await wait_until(lambda: sem._watchdog.failures > failures_before + 2, timeout=10)
+    await wait_until(lambda: sem._renewal.failures > failures_before + 2, timeout=10)
     server.cli("REPLICAOF", "NO", "ONE")
-    ticks = sem._watchdog.ticks
-    await wait_until(lambda: sem._watchdog.ticks > ticks + 2, timeout=10)
-    assert sem._watchdog.running
+    ticks = sem._renewal.ticks
+    await wait_until(lambda: sem._renewal.ticks > ticks + 2, timeout=10)
+    assert sem._renewal.running
     # The semaphore is back, with this instance's permit still accounted for.
     observer = redis_factory(server.url)
 
@@ -546,7 +546,7 @@ async def test_close_returns_within_a_second_during_a_stuck_renewal(
     )
     await sem.acquire()
     fault_proxy.pause()  # replies stop arriving
-    sem._watchdog.kick()
+    sem._renewal.kick()
     await asyncio.sleep(0.05)  # the renewal is now waiting for its reply
     started = time.perf_counter()
     await sem.close()

@@ -401,3 +401,57 @@ async def test_many_idle_instances_share_a_few_kept_connections(
     # The last instance to close gives the kept connections back.
     assert len(client.connection_pool._in_use_connections) == 0  # type: ignore[attr-defined]
     await client.aclose()
+
+
+async def test_a_thousand_idle_semaphores_renew_in_few_commands_and_one_task(
+    private_server: RedisServer, unique_name: str
+) -> None:
+    """One renewal task per event loop batches every instance's renewal into one
+    round trip; an idle instance (no slot) only keeps the shared keys alive with
+    three plain commands per half lease, sent once for every idle instance of
+    one semaphore.  Target: 1,000 idle semaphores at lease_ttl 3 s cost at most
+    3,000 server commands/s (script calls included) and at most 4 connections."""
+    n, ttl, window = 1000, 3.0, 4.5
+    client = aioredis.Redis.from_url(private_server.url)  # a default pool
+    tasks_before = len(asyncio.all_tasks())
+    sems: list[RedisSemaphore] = []
+    try:
+        for i in range(n):
+            sems.append(await RedisSemaphore.create(client, f"{unique_name}-{i}", lease_ttl=ttl))
+        # A fifth were used once: their slots are dropped after two quiet renewals.
+        for sem in sems[::5]:
+            async with sem:
+                pass
+        await wait_until(lambda: not any(sem._slots for sem in sems), timeout=15)
+        # The renewer's loop, and at most the round trips of one round.
+        tasks = [t for t in asyncio.all_tasks() if "Renewer._" not in repr(t.get_coro())]
+        assert len(tasks) == tasks_before, f"tasks besides the renewer: {tasks}"
+        assert sum("Renewer._loop" in repr(t.get_coro()) for t in asyncio.all_tasks()) == 1
+        renewer = sems[0]._renewal.renewer
+        rounds = renewer.rounds
+        await wait_until(lambda: renewer.rounds >= rounds + 2, timeout=10)  # steady state
+        private_server.cli("CONFIG", "RESETSTAT")
+        await asyncio.sleep(window)  # a measuring window, not a wait for a condition
+        stats = server_commands(private_server)
+        total = sum(stats.values())
+        per_second = total / window
+        print(f"\n{n} idle semaphores: {per_second:.0f} commands/s {stats}")
+        assert per_second <= 3000, stats
+        # One round (one TIME) per period: the renewals were batched.
+        assert stats.get("time", 0) <= window / (0.8 * ttl / 2) + 1, stats
+        connections = other_clients(private_server)
+        assert len(connections) <= MAX_KEPT, connections
+        assert all(sem._renewal.failures == 0 for sem in sems)
+        # The shared keys stayed alive, and an idle semaphore works at once.
+        ttls = [
+            await client.pttl(f"redsync:semaphore:{{{unique_name}-{i}}}:meta") for i in range(n)
+        ]
+        assert min(ttls) > 0, "a semaphore's keys expired while its instance was idle"
+        sem = sems[-1]
+        await sem.acquire(timeout=0)
+        assert (await sem.statistics()).available == 0
+        await sem.release()
+    finally:
+        for sem in sems:
+            await sem.close()
+        await client.aclose()

@@ -29,7 +29,7 @@ from redsync import (
     RedisSemaphoreNotAcquiredError,
     RedisSemaphoreTimeoutError,
 )
-from redsync._link import Link, Script
+from redsync._link import Link
 from redsync._semaphore_ops import SCRIPTS
 
 TTL = 1.0
@@ -68,12 +68,12 @@ def scenarios(draw: st.DrawFn) -> tuple[int, int, list[Op]]:
 
 
 async def stop_renewals(sem: RedisSemaphore, *, close: bool) -> None:
-    """``sem.close()`` (or only ``sem._watchdog.stop()``); renewals must really stop."""
-    task = sem._watchdog._task
+    """``sem.close()`` (or only ``sem._renewal.stop()``); renewals must really stop."""
+    task = sem._renewal._task
     if close:
         await sem.close()
     else:
-        await sem._watchdog.stop()
+        await sem._renewal.stop()
     # See test_close_stops_renewals_even_if_the_cancellation_is_swallowed.
     assert task is None or task.done(), "the renewal loop survived stop()"
 
@@ -372,17 +372,18 @@ async def test_close_stops_renewals_even_if_the_cancellation_is_swallowed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client = redis_factory(socket_timeout=5)  # redis-py 8's default, explicit for redis-py 5
-    sem = await RedisSemaphore.create(client, unique_name, count=1, lease_ttl=1.0)
-    await sem.acquire()  # a slot with a lease the watchdog renews
-    renewal = sem._watchdog._task
-    assert renewal is not None
+    sem = await RedisSemaphore.create(client, unique_name, count=2, lease_ttl=TTL)
+    witness = await RedisSemaphore.attach(client, unique_name, lease_ttl=TTL)
+    await sem.acquire()  # a slot with a lease the renewals extend
+    await witness.acquire()
     closing: list[asyncio.Task[None]] = []
-    original = Link.script
+    original = Link.pipeline
+    renew_sha = SCRIPTS["renew"].sha
 
-    async def script(self: Link, script: Script, *args: Any, **kwargs: Any) -> Any:
-        result = await original(self, script, *args, **kwargs)
-        if not closing and script is SCRIPTS["renew"]:
-            # The renewal's reply is in: close() now, and swallow its
+    async def pipeline(self: Link, commands: Any, **kwargs: Any) -> Any:
+        result = await original(self, commands, **kwargs)
+        if not closing and any(c[0] == "EVALSHA" and c[1] == renew_sha for c in commands):
+            # A shared renewal's reply is in: close() now, and swallow its
             # cancellation here, as redis-py's wait_for() can.
             closing.append(asyncio.ensure_future(sem.close()))
             try:
@@ -391,17 +392,26 @@ async def test_close_stops_renewals_even_if_the_cancellation_is_swallowed(
                 pass
         return result
 
-    monkeypatch.setattr(Link, "script", script)
-    sem._watchdog.kick()
-    try:
-        await wait_until(lambda: bool(closing) and closing[0].done(), timeout=5)
-        await closing[0]
-        ticks = sem._watchdog.ticks
-        assert renewal.done(), f"close() returned but the renewal loop still runs (ticks: {ticks})"
-    finally:
-        monkeypatch.undo()
-        while not renewal.done():
-            renewal.cancel()
-            await asyncio.wait([renewal], timeout=0.5)
-        await sem.release()
-    await assert_permits(redis, unique_name, 1, free=1)
+    monkeypatch.setattr(Link, "pipeline", pipeline)
+    sem._renewal.kick()
+    await wait_until(lambda: bool(closing) and closing[0].done(), timeout=5)
+    await closing[0]
+    monkeypatch.undo()
+    holders = keyspace(unique_name).key("holders")
+    member = f"{sem.instance_id}.0"
+    # The round in flight may still finish; after it, this lease never moves.
+    start = witness._renewal.ticks
+    await wait_until(lambda: witness._renewal.ticks >= start + 1, timeout=5)
+    frozen = await redis.zscore(holders, member)
+    start = witness._renewal.ticks
+    await wait_until(lambda: witness._renewal.ticks >= start + 3, timeout=5)
+    later = await redis.zscore(holders, member)
+    assert later is None or later == frozen, "the closed instance's lease was still renewed"
+    assert witness._renewal.running and witness._renewal.failures == 0
+    # Its permit is reclaimed by the live instance once the lease runs out.
+    await witness.acquire(timeout=5 * TTL)
+    assert (await witness.statistics()).held_here == 2
+    await witness.release()
+    await witness.release()
+    await witness.close()
+    await assert_permits(redis, unique_name, 2, free=2)

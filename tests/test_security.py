@@ -53,7 +53,7 @@ async def exercise(
         if reclaim:
             # A holder whose renewals stop loses its permit to the live instance.
             await other.acquire(timeout=5)
-            await other._watchdog.stop()
+            await other._renewal.stop()
             await sem.acquire(timeout=5)
             await sem.acquire(timeout=20)  # the stopped holder's permit, reclaimed
             assert (await sem.statistics()).held_here == 2

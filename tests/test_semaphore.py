@@ -199,9 +199,9 @@ async def test_an_empty_pool_is_kept_alive_while_permits_are_held(
     )
     await sem.acquire()
     await sem.acquire()
-    start = sem._watchdog.ticks
+    start = sem._renewal.ticks
     # Several lease periods pass with every permit held and the pool key absent.
-    await wait_until(lambda: sem._watchdog.ticks >= start + 6, timeout=10)
+    await wait_until(lambda: sem._renewal.ticks >= start + 6, timeout=10)
     assert await redis.exists(keyspace(unique_name).key("meta"))
     await sem.release()
     await sem.release()
@@ -218,8 +218,8 @@ async def test_keys_expire_once_every_instance_is_closed(
     async with a, b:
         pass
     await a.close()
-    start = b._watchdog.ticks
-    await wait_until(lambda: b._watchdog.ticks >= start + 3, timeout=10)
+    start = b._renewal.ticks
+    await wait_until(lambda: b._renewal.ticks >= start + 3, timeout=10)
     assert await keys_of(redis, unique_name), "b alone must keep the semaphore alive"
     await b.close()
 

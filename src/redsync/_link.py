@@ -305,6 +305,7 @@ class Link:
         read_timeout: float | None = None,
         on_reply: Callable[[int, Any], None] | None = None,
         wait_last: bool = False,
+        tolerant: bool = False,
     ) -> list[Any]:
         """Send ``commands`` in one write and read one reply for each.
 
@@ -319,6 +320,10 @@ class Link:
         ``wait_last``: the last command is a WAIT.  WAIT blocks, so another
         client's CLIENT UNBLOCK may interrupt it; its ``-UNBLOCKED`` answer then
         reads as None, not as an error.
+
+        ``tolerant``: error replies stay in place in the returned list (each
+        classified, as :meth:`check` would) instead of being raised; used to
+        send the renewals of many instances in one batch.
         """
         if conn in self._given:
             raise RuntimeError(
@@ -361,6 +366,8 @@ class Link:
             raise
         finally:
             conn.socket_timeout = saved
+        if error is not None and tolerant:
+            return [self._classify(r) if isinstance(r, rex.ResponseError) else r for r in replies]
         if error is not None:
             last = replies[-1]
             if (
@@ -383,14 +390,26 @@ class Link:
         self._mark_stale()
         return error
 
+    def check(self, reply: Any) -> Any:
+        """``reply``, or raise it if it is an error reply of a tolerant batch."""
+        if isinstance(reply, rex.ResponseError):
+            raise self._classify(reply)
+        return reply
+
+    async def group(self) -> object:
+        """What the batches of different links share when they go to the same
+        node: the client's pool, or the cluster node owning the route key."""
+        pool = await self._route()
+        return pool.pool if pool.node is None else pool.node
+
     async def call(self, *command: Any) -> Any:
         """Run one command on a borrowed connection."""
         return (await self.pipeline([command]))[0]
 
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+    async def pipeline(self, commands: Sequence[Command], *, tolerant: bool = False) -> list[Any]:
         conn = await self.borrow()
         try:
-            return await self.run(conn, commands)
+            return await self.run(conn, commands, tolerant=tolerant)
         finally:
             await self.give_back(conn)
 
@@ -532,6 +551,11 @@ async def retrying(
         log.debug("%s failed (%r); retrying in %.2fs", what, error, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def now_ms(time_reply: Any) -> int:
+    """Milliseconds since the epoch from a ``TIME`` reply."""
+    return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
 
 
 def text(value: Any) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from redis.asyncio.connection import AbstractConnection
 
 from ._keys import KeySpace
-from ._link import Command, Link, Script, text
+from ._link import Command, Link, Script, now_ms, text
 
 R = TypeVar("R")
 
@@ -99,6 +99,19 @@ def _strings(values: Any) -> list[str]:
     return [text(v) for v in values or []]
 
 
+def renew_result(reply: Any) -> RenewResult:
+    """The renewal script's reply, parsed."""
+    status = text(reply[0])
+    if status == "stale":
+        return RenewResult("stale", count=int(reply[1]), gen=text(reply[2]))
+    return RenewResult(
+        status,
+        stale_members=_strings(reply[1]),
+        refill_due=bool(int(reply[2])),
+        lanes=[_strings(c) for c in reply[3:]],
+    )
+
+
 class LuaOps(_Base):
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self.link.script(SCRIPTS[name], keys, args)
@@ -122,20 +135,24 @@ class LuaOps(_Base):
         ttl_ms: int,
         recover_ms: int,
     ) -> RenewResult:
+        keys, args = self.renew_call(lanes, count, gen, strategy, ttl_ms, recover_ms)
+        return renew_result(await self._run("renew", keys, args))
+
+    def renew_call(
+        self,
+        lanes: Sequence[LaneState],
+        count: int,
+        gen: str,
+        strategy: str,
+        ttl_ms: int,
+        recover_ms: int,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the renewal script (sent in shared batches)."""
         keys = [self.meta_key, self.pool_key, self.holders_key, *(lane.key for lane in lanes)]
         args: list[Any] = [ttl_ms, count, gen, strategy, recover_ms, len(lanes)]
         for lane in lanes:
             args += [lane.member, len(lane.tokens), *lane.tokens]
-        reply = await self._run("renew", keys, args)
-        status = text(reply[0])
-        if status == "stale":
-            return RenewResult("stale", count=int(reply[1]), gen=text(reply[2]))
-        return RenewResult(
-            status,
-            stale_members=_strings(reply[1]),
-            refill_due=bool(int(reply[2])),
-            lanes=[_strings(c) for c in reply[3:]],
-        )
+        return keys, args
 
     async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int:
         keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.lane_key, members)]
@@ -160,10 +177,6 @@ Body = Callable[[Reader], Awaitable[tuple[list[Command] | None, R]]]
 def recovery_window_ms(ttl_ms: int) -> int:
     """How long live instances have to report their permits after a loss."""
     return round(ttl_ms * 0.45)
-
-
-def now_ms(time_reply: Any) -> int:
-    return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
 
 
 class TxOps(_Base):

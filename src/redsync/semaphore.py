@@ -7,9 +7,11 @@ How it works, in short (ARCHITECTURE.md has the details and invariants):
   pool into a *lane*: a list owned by this instance, registered with a lease
   in the ``holders`` sorted set.  Releasing moves that token back, by
   identity, in one script, so a repeated release cannot add a permit.
-* A watchdog renews the lease of the instance's lanes and the TTL of every
-  key, by the server's clock.  A lane whose lease ran out (its process died)
-  is emptied back into the pool by any surviving instance.
+* The event loop's one renewal task (:mod:`redsync._renewal`) renews the
+  lease of the instance's lanes and the TTL of every key, by the server's
+  clock, in one round trip shared with every other instance.  A lane whose
+  lease ran out (its process died) is emptied back into the pool by any
+  surviving instance.
 * Many tasks waiting on one instance share at most ``min(count, 16)``
   blocking connections; see :mod:`redsync._lanes`.
 """
@@ -19,26 +21,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis import exceptions as rex
+
 from . import _validate
 from ._keys import KeySpace
 from ._lanes import Dispatcher, Lane
-from ._link import Client, Link, retrying, text
+from ._link import Client, Command, Link, now_ms, retrying, text
+from ._renewal import Batch, renewer
 from ._semaphore_ops import (
+    SCRIPTS,
     LaneState,
     LuaOps,
     Meta,
+    RenewResult,
     SemaphoreOps,
     TxOps,
-    now_ms,
     recovery_window_ms,
+    renew_result,
 )
-from ._watchdog import Watchdog
 from .exceptions import (
     RedisSemaphoreCountError,
     RedisSemaphoreCountMismatchError,
@@ -132,6 +139,18 @@ class _Slot:
     @property
     def free(self) -> bool:
         return self.holding is None and not self.busy and not self.dirty and not self.releasing
+
+
+@dataclass(eq=False)
+class _RenewRequest:
+    """What a renewal sent, to compare with what it finds."""
+
+    sent_at: float
+    slots: list[_Slot]
+    #: Per slot: (epoch, busy, holding, releasing) when it was sent.
+    snapshot: list[tuple[int, bool, _Holding | None, str | None]]
+    states: list[LaneState]
+    partial: bool
 
 
 @dataclass(eq=False)
@@ -235,6 +254,12 @@ class RedisSemaphore:
         self._instance = uuid.uuid4().hex[:16]
         lanes = [Lane(i) for i in range(min(meta_count, MAX_LANES))]
         self._slots: list[_Slot] = []
+        #: Numbers slots, never reusing a member name (idle slots are dropped).
+        self._slot_seq = 0
+        #: Renewals that found nothing held, waited for or moving, in a row.
+        self._quiet = 0
+        #: The next renewal must be a full one (the shared keys looked lost).
+        self._full_due = False
         #: Slots that may have become free, so finding one costs O(1) however
         #: many permits this instance holds (each entry is checked when taken).
         self._maybe_free: collections.deque[_Slot] = collections.deque()
@@ -249,8 +274,12 @@ class RedisSemaphore:
         self._leases_lost = 0
         self._lost_event = asyncio.Event()
         self._lost_callbacks: list[Callable[[], object]] = []
-        self._watchdog = Watchdog(lease_ttl / 3, self._renew, f"semaphore {name!r} renewal")
-        self._watchdog.start()
+        self._lean = (
+            ("PEXPIRE", keys.key("meta"), self._ttl_ms),
+            ("PEXPIRE", keys.key("pool"), self._ttl_ms),
+            ("ZRANGE", keys.key("holders"), 0, 0, "WITHSCORES"),
+        )
+        self._renewal = renewer().add(self, lease_ttl / 3, f"semaphore {name!r} renewal")
 
     # -- construction -------------------------------------------------------
 
@@ -420,7 +449,7 @@ class RedisSemaphore:
             return
         self._closed = True
         await self._dispatcher.close(grace=0.3)
-        await self._watchdog.stop(grace=0.3)
+        await self._renewal.stop(grace=0.3)
         # Slots of lanes stopped mid-move (close() closes blocked connections).
         cut = {slot for slot in self._slots if slot.dirty}
         if cut:
@@ -570,7 +599,7 @@ class RedisSemaphore:
                 await self._link.replicate(conn)
         except BaseException:
             slot.dirty = True
-            self._watchdog.kick()
+            self._renewal.kick()
             raise
         finally:
             slot.busy = False
@@ -588,7 +617,7 @@ class RedisSemaphore:
 
     async def settle(self, lane: Lane) -> None:
         # Slots, not lanes, carry state: a dirty slot is settled by a renewal.
-        self._watchdog.kick()
+        self._renewal.kick()
 
     async def give_back(self, lane: Lane, item: str) -> None:
         holding = self._held.pop(item, None)
@@ -624,7 +653,8 @@ class RedisSemaphore:
         # (and registered one by one, see _sync).
         if len(self._slots) >= 2 * self._count + len(self._dispatcher.lanes):
             return next((slot for slot in self._slots if slot.free), None)
-        member = f"{self._instance}.{len(self._slots)}"
+        member = f"{self._instance}.{self._slot_seq}"
+        self._slot_seq += 1
         slot = _Slot(member, self._ops.lane_key(member))
         self._slots.append(slot)
         return slot
@@ -696,7 +726,7 @@ class RedisSemaphore:
             return await retrying(release, what="semaphore release")
         except BaseException:
             slot.dirty = True  # the next renewal finds out where the token is
-            self._watchdog.kick()
+            self._renewal.kick()
             raise
         finally:
             slot.releasing = None
@@ -742,14 +772,87 @@ class RedisSemaphore:
             only = [slot] if fresh and not slot.dirty else None
             await retrying(lambda _: self._renew_once(only), what="semaphore renewal")
 
+    # -- renewal (called by the event loop's renewer) -------------------------
+
+    async def _renew_tick(self) -> None:
+        """A full renewal on its own (kicked while busy, or not batchable)."""
+        await self._renew()
+
+    async def _renew_batch(self) -> Batch | None:
+        """This instance's part of the shared renewal round trip.
+
+        An instance without slots only keeps the shared keys alive and looks
+        at the oldest lease (three plain commands, sent once per process for
+        every idle instance of the semaphore, every ``lease_ttl/2``).  With
+        slots it runs the renewal script, under its renewal lock.  Scripts
+        that must wait for replicas, and transactions, run on their own.
+        """
+        if self._sync_lock.locked():
+            return None
+        if not self._slots and not self._full_due:
+            return Batch(
+                self._link,
+                self._lean,
+                self._lean_done,
+                dedupe=(self._lean[0][1], self._ttl_ms),
+                period=self.lease_ttl / 2,
+            )
+        if not isinstance(self._ops, LuaOps) or self._link.replicas:
+            return None
+        await self._sync_lock.acquire()
+        try:
+            request = self._renewal_request(None)
+            keys, args = self._ops.renew_call(request.states, *self._renew_args())
+            command: Command = ("EVALSHA", SCRIPTS["renew"].sha, len(keys), *keys, *args)
+        except BaseException:
+            self._sync_lock.release()
+            raise
+        return Batch(self._link, [command], functools.partial(self._batch_done, request))
+
+    async def _lean_done(self, replies: list[Any] | BaseException, now: int) -> None:
+        if isinstance(replies, BaseException):
+            return
+        meta, _, oldest = (self._link.check(r) for r in replies)
+        if oldest and isinstance(oldest[0], (list, tuple)):  # RESP3
+            oldest = oldest[0]
+        late = bool(oldest) and float(oldest[1]) <= now + self._ttl_ms / 2
+        if not int(meta) or late:
+            # Keys lost (restart, flush, expiry) or a lease more than half
+            # spent (a holder may be dead): the full renewal re-establishes
+            # or reclaims.
+            self._full_due = True
+            self._renewal.kick()
+
+    async def _batch_done(
+        self, request: _RenewRequest, replies: list[Any] | BaseException, _: int
+    ) -> None:
+        try:
+            if isinstance(replies, BaseException):
+                return
+            (reply,) = replies
+            if isinstance(reply, rex.NoScriptError):  # a restarted or flushed server
+                assert isinstance(self._ops, LuaOps)
+                result = await self._ops.renew(request.states, *self._renew_args())
+            else:
+                result = renew_result(self._link.check(reply))
+            await self._renewed(request, result)
+        finally:
+            self._sync_lock.release()
+
     async def _renew(self) -> None:
         async with self._sync_lock:
             await self._renew_once()
 
-    async def _renew_once(self, only: list[_Slot] | None = None) -> None:
-        """Renew every slot's lease (or only those of ``only``) and settle what it finds."""
-        loop = asyncio.get_running_loop()
-        sent_at = loop.time()
+    def _renew_args(self) -> tuple[int, str, str, int, int]:
+        return (
+            self._count,
+            self._gen,
+            self.strategy.value,
+            self._ttl_ms,
+            recovery_window_ms(self._ttl_ms),
+        )
+
+    def _renewal_request(self, only: list[_Slot] | None) -> _RenewRequest:
         slots = list(self._slots) if only is None else only
         snapshot = [(slot.epoch, slot.busy, slot.holding, slot.releasing) for slot in slots]
         states = []
@@ -758,15 +861,18 @@ class RedisSemaphore:
             if slot.releasing:
                 tokens.append(slot.releasing)
             states.append(LaneState(slot.member, slot.key, tokens))
-        result = await self._ops.renew(
-            states,
-            self._count,
-            self._gen,
-            self.strategy.value,
-            self._ttl_ms,
-            recovery_window_ms(self._ttl_ms),
-        )
-        if result.status == "stale" and only is not None:
+        sent_at = asyncio.get_running_loop().time()
+        return _RenewRequest(sent_at, slots, snapshot, states, only is not None)
+
+    async def _renew_once(self, only: list[_Slot] | None = None) -> None:
+        """Renew every slot's lease (or only those of ``only``) and settle what it finds."""
+        request = self._renewal_request(only)
+        await self._renewed(request, await self._ops.renew(request.states, *self._renew_args()))
+
+    async def _renewed(self, request: _RenewRequest, result: RenewResult) -> None:
+        """Act on what a renewal found: lost holdings, orphans, dead holders, recovery."""
+        slots = request.slots
+        if result.status == "stale" and request.partial:
             # Only the slots renewed were dropped: renew everything, so that
             # every slot of the old generation is dropped before _gen moves on.
             await self._renew_once(None)
@@ -783,11 +889,13 @@ class RedisSemaphore:
             self._gen = result.gen
             for slot in slots:
                 slot.registered = False
-            self._watchdog.kick()
+            self._renewal.kick()
             return
         if result.status == "restored":
             log.warning("semaphore %r: keys were missing; re-established them", self.name)
-        for slot, (epoch, busy, holding, releasing), contents in zip(slots, snapshot, result.lanes):
+        for slot, (epoch, busy, holding, releasing), contents in zip(
+            slots, request.snapshot, result.lanes
+        ):
             slot.registered = True
             if holding is not None and slot.holding is holding and holding.token not in contents:
                 self._mark_lost(holding)
@@ -809,8 +917,9 @@ class RedisSemaphore:
                         log.error("slot %s holds more than one token: %s", slot.key, contents)
                 if slot.holding is None:
                     self._freed(slot)
-        if only is None:
-            self._last_renew = sent_at
+        if not request.partial:
+            self._last_renew = request.sent_at
+            self._full_due = False
         if result.stale_members:
             returned = await self._ops.reclaim(result.stale_members, self._gen, self._ttl_ms)
             if returned > 0:
@@ -819,6 +928,34 @@ class RedisSemaphore:
                 )
         if result.refill_due:
             await self._refill()
+        if not request.partial:
+            await self._drop_idle_slots()
+
+    async def _drop_idle_slots(self) -> None:
+        """Forget the slots of an instance that has been idle for two renewals.
+
+        An idle instance then renews only the shared keys (see
+        :meth:`renewal`), so a thousand semaphores used once cost a thousand
+        times three plain commands per half lease, not a script each.  The
+        next acquisition registers a new slot (one more round trip).
+        """
+        quiet = (
+            not self._closed
+            and not self._held
+            and self._dispatcher.waiting == 0
+            and self._dispatcher.active_lanes == 0
+            and all(slot.free and slot.registered for slot in self._slots)
+        )
+        self._quiet = self._quiet + 1 if quiet else 0
+        if self._quiet < 2 or not self._slots:
+            return
+        members = [slot.member for slot in self._slots]
+        self._slots = []
+        self._maybe_free.clear()
+        try:
+            await self._ops.deregister(members)
+        except Exception as exc:  # the slots expire; survivors drop the registrations
+            log.debug("deregistering idle slots of %s failed: %r", self.name, exc)
 
     async def _refill(self) -> None:
         holders_key = self._keys.key("holders")

@@ -1,4 +1,4 @@
--- One watchdog tick of one instance: renew the lease of its lanes and the
+-- One renewal of one instance: renew the lease of its lanes and the
 -- TTL of the shared keys, re-establish the semaphore if its keys vanished,
 -- and report what the instance must act on.
 -- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] lane i
