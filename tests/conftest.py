@@ -20,12 +20,11 @@ from urllib.parse import urlsplit
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
+from devtools.proxy import FaultProxy
+from devtools.servers import REDIS_SERVER, RedisServer, ensure_default_redis, kill_all_servers
+from devtools.topologies import ClusterTopology, SentinelTopology
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
-
-from _infra.proxy import FaultProxy
-from _infra.servers import REDIS_SERVER, RedisServer, ensure_default_redis, kill_all_servers
-from _infra.topologies import ClusterTopology, SentinelTopology
 
 pytest_plugins = ["topology_fixtures"]
 

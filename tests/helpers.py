@@ -6,7 +6,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from redsync._keys import KeySpace
+from redsync._core.keys import KeySpace
 
 PREFIX = "redsync:semaphore"
 
@@ -28,11 +28,11 @@ async def tokens(client: aioredis.Redis, name: str, prefix: str = PREFIX) -> dic
     pool = await client.lrange(ks.key("pool"), 0, -1)
     where["pool"] = [t.decode() for t in pool]
     for key in await keys_of(client, name):
-        if ":lane:" in key:
+        if ":slot:" in key:
             items = await client.lrange(key, 0, -1)
             if not items:
                 continue  # the slot expired between SCAN and LRANGE
-            assert items[0] == b"", f"lane {key} lacks its marker: {items!r}"
+            assert items[0] == b"", f"slot {key} lacks its marker: {items!r}"
             where[key] = [t.decode() for t in items[1:]]
     return where
 

@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
+from devtools.servers import RedisServer
 from redis.exceptions import NoPermissionError
 
-from _infra import wait_until
-from _infra.servers import RedisServer
 from helpers import assert_permits, tokens
 from redsync import (
     RedisEvent,

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
+from devtools import wait_until
 
 import redsync
-from _infra import wait_until
 from redsync import (
     RedisEvent,
     RedisEventError,
@@ -157,7 +157,50 @@ HIERARCHY = {
     RedisSemaphoreCountMismatchError: RedisSemaphoreError,
     RedisEventError: RedsyncError,
     RedisEventTimeoutError: RedisEventError,
+    redsync.RedsyncTimeoutError: RedsyncError,
+    redsync.RedsyncClosedError: RedsyncError,
+    redsync.RedsyncLeaseLostError: RedsyncError,
+    redsync.RedisSemaphoreClosedError: RedisSemaphoreError,
+    redsync.RedisEventClosedError: RedisEventError,
 }
+
+#: The bases shared across primitives, and who derives from each.
+CROSS_BASES = {
+    redsync.RedsyncTimeoutError: (RedisSemaphoreTimeoutError, RedisEventTimeoutError),
+    redsync.RedsyncClosedError: (redsync.RedisSemaphoreClosedError, redsync.RedisEventClosedError),
+    redsync.RedsyncLeaseLostError: (redsync.RedisSemaphoreLeaseLostError,),
+}
+
+
+def test_shared_bases_cut_across_primitives() -> None:
+    for base, subclasses in CROSS_BASES.items():
+        for cls in subclasses:
+            assert issubclass(cls, base), (cls, base)
+        others = [c for c in HIERARCHY if c not in subclasses and c is not base]
+        for cls in others:
+            assert not issubclass(cls, base) or base is cls, (cls, base)
+    assert issubclass(redsync.RedsyncTimeoutError, TimeoutError)
+    assert not issubclass(redsync.RedsyncClosedError, TimeoutError)
+
+
+async def test_waiters_at_close_get_the_closed_errors(
+    redis: aioredis.Redis, unique_name: str
+) -> None:
+    sem = await RedisSemaphore.create(redis, unique_name, count=1)
+    await sem.acquire()
+    waiter = asyncio.ensure_future(sem.acquire())
+    event = RedisEvent(redis, unique_name)
+    listener = asyncio.ensure_future(event.wait())
+    await wait_until(lambda: sem.locked() and event._dispatcher.waiting > 0, timeout=5)
+    await sem.close()
+    await event.close()
+    with pytest.raises(redsync.RedisSemaphoreClosedError, match="closed"):
+        await waiter
+    with pytest.raises(redsync.RedisEventClosedError, match="closed"):
+        await listener
+    assert isinstance(waiter.exception(), redsync.RedsyncClosedError)
+    await sem.release()
+    assert (await sem.statistics()).available == 1
 
 
 @pytest.mark.parametrize("cls", list(HIERARCHY), ids=lambda c: c.__name__)

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
+from devtools.proxy import FaultProxy
 from redis import exceptions as rex
 
-import redsync.event
-from _infra import wait_until
-from _infra.proxy import FaultProxy
+import redsync.event._event
 from redsync import RedisEvent, RedisEventError, RedisEventTimeoutError
-from redsync._keys import KeySpace
+from redsync._core.keys import KeySpace
 
 PREFIX = "redsync:event"
 
@@ -828,7 +828,7 @@ async def test_an_inbox_reaped_before_the_ack_is_not_delivered_twice(
 ) -> None:
     """A live but stalled waiter loses its signal to another waiter; when it wakes up,
     its acknowledgement fails and it waits again instead of returning the signal."""
-    monkeypatch.setattr(redsync.event, "INBOX_LEASE_MS", 300)
+    monkeypatch.setattr(redsync.event._event, "INBOX_LEASE_MS", 300)
     cname = f"{unique_name}-slow"
     slow = RedisEvent(redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name)
     task = asyncio.ensure_future(slow.wait(timeout=6))

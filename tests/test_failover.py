@@ -12,11 +12,11 @@ import time
 from typing import Any
 
 import pytest
+from devtools import wait_until
+from devtools.topologies import ClusterTopology, SentinelTopology
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from _infra import wait_until
-from _infra.topologies import ClusterTopology, SentinelTopology
 from helpers import assert_permits, keyspace
 from redsync import RedisEvent, RedisSemaphore
 

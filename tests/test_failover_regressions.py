@@ -31,16 +31,16 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools.topologies import ClusterTopology
 from redis.asyncio.cluster import RedisCluster
 
-from _infra.topologies import ClusterTopology
 from helpers import assert_permits, keyspace
 from redsync import RedisEvent, SemaphoreInitStrategy
-from redsync._link import Link
-from redsync._semaphore_ops import (
-    LaneState,
+from redsync._core.link import Link
+from redsync.semaphore._ops import (
     LuaOps,
     RenewResult,
+    SlotState,
     TxOps,
     now_ms,
     recovery_window_ms,
@@ -100,7 +100,7 @@ class _Instance:
 
     async def renew(self) -> RenewResult:
         """A renewal, then the reclaim of the members it names (as ``_renew_once``)."""
-        lanes = [LaneState(m, self.ops.lane_key(m), list(t)) for m, t in self.held.items()]
+        lanes = [SlotState(m, self.ops.slot_key(m), list(t)) for m, t in self.held.items()]
         gen = await self.gen()
         result = await self.ops.renew(lanes, COUNT, gen, self.strategy.value, TTL_MS, WINDOW_MS)
         if result.stale_members:
@@ -109,7 +109,7 @@ class _Instance:
 
     async def take(self, member: str) -> str | None:
         """What a lane's BLMOVE does: the pool's head moves into the slot."""
-        token = await self.client.lmove(self.ops.pool_key, self.ops.lane_key(member))
+        token = await self.client.lmove(self.ops.pool_key, self.ops.slot_key(member))
         if token is None:
             return None
         self.held[member].append(token.decode())
@@ -165,7 +165,7 @@ async def test_refill_waits_for_a_live_holder_whose_renewal_is_late(
 
     await _a_dead_instance_lost_its_slot(redis, ops)
     deadline = await _recover_deadline(redis, ops)
-    await redis.delete(ops.lane_key(slot))  # the holder's slot went in the same outage
+    await redis.delete(ops.slot_key(slot))  # the holder's slot went in the same outage
 
     # The window ends; the holder's renewal has not come (its lease still runs).
     await _until_server_ms(redis, deadline)
@@ -180,7 +180,7 @@ async def test_refill_waits_for_a_live_holder_whose_renewal_is_late(
 
     # The late renewal: the holder puts its permit back and keeps it.
     late = await holder.renew()
-    assert late.lanes == [[mine]]
+    assert late.slots == [[mine]]
     await assert_permits(redis, unique_name, COUNT)
     # Everyone has reported: the window closes and nothing is minted.
     assert (await other.renew()).refill_due

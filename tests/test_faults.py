@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
+from devtools.proxy import FaultProxy
+from devtools.servers import RedisServer
 
-from _infra import wait_until
-from _infra.proxy import FaultProxy
-from _infra.servers import RedisServer
 from helpers import assert_permits, keys_of, keyspace, tokens
 from redsync import (
     RedisSemaphore,
@@ -125,7 +125,7 @@ async def test_a_dead_holders_permit_comes_back_even_if_its_slot_expired_first(
     os.kill(holder.proc.pid, signal.SIGKILL)
     holder.proc.wait(10)
     # What expiry would do had every survivor been late: the slot, token inside, is gone.
-    slots = [k for k in await keys_of(redis, unique_name) if f":lane:{dead}." in k]
+    slots = [k for k in await keys_of(redis, unique_name) if f":slot:{dead}." in k]
     assert slots
     assert sum([len(await redis.lrange(k, 1, -1)) for k in slots]) == 1
     await redis.delete(*slots)
@@ -615,7 +615,7 @@ async def test_permits_come_back_when_registrations_expired_but_meta_did_not(
     assert (await holder.line()).startswith("held")
     os.kill(holder.proc.pid, signal.SIGKILL)
     holder.proc.wait(10)
-    slots = [k for k in await keys_of(redis, unique_name) if ":lane:" in k]
+    slots = [k for k in await keys_of(redis, unique_name) if ":slot:" in k]
     await redis.delete(keyspace(unique_name).key("holders"), *slots)
     await survivor.acquire(timeout=20)
     await survivor.acquire(timeout=20)  # the dead holder's permit, re-created

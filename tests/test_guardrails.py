@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
+from devtools.servers import RedisServer
 
-from _infra import wait_until
-from _infra.servers import RedisServer
 from helpers import assert_permits, tokens
 from redsync import RedisEvent, RedisSemaphore, SemaphoreInitStrategy
-from redsync._link import MAX_KEPT
+from redsync._core.link import MAX_KEPT
 
 #: Commands that redis-cli sends for the test itself (reading and resetting the stats).
 OBSERVER_COMMANDS = frozenset({"info", "config|resetstat", "client|list"})
@@ -42,7 +42,7 @@ def _script_only_commands() -> frozenset[str]:
     subtracted: if a script calls them they are over-counted, not hidden.
     """
     called: set[str] = set()
-    for script in resources.files("redsync").joinpath("lua").iterdir():
+    for script in resources.files("redsync.semaphore").joinpath("lua").iterdir():
         if script.name.endswith(".lua"):
             text = script.read_text("utf-8")
             called.update(m.lower() for m in re.findall(r"redis\.call\('(\w+)'", text))

@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
+from devtools import servers as servers_mod
+from devtools import wait_until
+from devtools.proxy import FaultProxy
+from devtools.servers import RedisServer, ensure_default_redis, free_port, ping
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-
-from _infra import servers as servers_mod
-from _infra import wait_until
-from _infra.proxy import FaultProxy
-from _infra.servers import RedisServer, ensure_default_redis, free_port, ping
 
 REDIS_PY_MAJOR = int(sync_redis.__version__.split(".")[0])
 
@@ -487,11 +486,11 @@ def test_backstop_aborts_a_session_hung_in_teardown(tmp_path: Path) -> None:
     suite.mkdir()
     shutil.copy(tests_dir / "conftest.py", suite / "conftest.py")
     shutil.copy(tests_dir / "topology_fixtures.py", suite / "topology_fixtures.py")
-    shutil.copytree(tests_dir / "_infra", suite / "_infra")
+    shutil.copytree(tests_dir.parent / "devtools", tmp_path / "devtools")
     (suite / "test_hang.py").write_text(textwrap.dedent(_HANGING_SUITE))
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
-        "timeout = 1\npythonpath = tests\n"
+        "timeout = 1\npythonpath = tests .\n"
     )
     pid_file = tmp_path / "server.pid"
     env = {**os.environ, "REDSYNC_TEST_BACKSTOP_GRACE": "2", "PID_FILE": str(pid_file)}

@@ -1,4 +1,4 @@
-"""The waiting machinery (``redsync._lanes``): regressions found by review, each
+"""The waiting machinery (``redsync._core.waiting``): regressions found by review, each
 reproduced deterministically.
 
 Unit tests drive a ``Dispatcher`` with a fake backend; the others use real
@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
 
-from _infra import wait_until
 from redsync import RedisEvent, RedisSemaphore, RedisSemaphoreLeaseLostError
-from redsync._keys import KeySpace
-from redsync._lanes import Dispatcher, Lane, _Waiter
+from redsync._core.keys import KeySpace
+from redsync._core.waiting import Dispatcher, Lane, _Waiter
 
 
 class _NoLink:
@@ -168,7 +168,7 @@ async def test_a_new_generation_found_by_a_slot_registration_voids_every_slot(
 
 
 async def _tokens_held(redis: aioredis.Redis, name: str) -> Any:
-    async for key in redis.scan_iter(match=f"*{name}*:lane:*"):
+    async for key in redis.scan_iter(match=f"*{name}*:slot:*"):
         for token in (await redis.lrange(key, 0, -1))[1:]:
             yield token.decode()
 

@@ -26,12 +26,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
+from devtools.servers import RedisServer
+from devtools.topologies import ClusterTopology, SentinelTopology
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from _infra import wait_until
-from _infra.servers import RedisServer
-from _infra.topologies import ClusterTopology, SentinelTopology
 from helpers import assert_permits
 from redsync import (
     RedisEvent,
@@ -40,7 +40,7 @@ from redsync import (
     RedisSemaphoreTimeoutError,
     SemaphoreInitStrategy,
 )
-from redsync._keys import KeySpace
+from redsync._core.keys import KeySpace
 
 DEPLOYMENTS = ["standalone", "cluster", "sentinel", "tls", "acl-standalone", "acl-cluster"]
 STRATEGIES = [SemaphoreInitStrategy.LUA, SemaphoreInitStrategy.OPTIMISTIC_LOCKING]

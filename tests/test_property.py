@@ -19,18 +19,18 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
 from hypothesis import HealthCheck, Phase, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from _infra import wait_until
 from helpers import assert_permits, keyspace
 from redsync import (
     RedisSemaphore,
     RedisSemaphoreNotAcquiredError,
     RedisSemaphoreTimeoutError,
 )
-from redsync._link import Link
-from redsync._semaphore_ops import SCRIPTS
+from redsync._core.link import Link
+from redsync.semaphore._ops import SCRIPTS
 
 TTL = 1.0
 #: How long a blocking acquire may wait before wait_for() cancels it.
@@ -243,7 +243,7 @@ class Run:
         async def recovered() -> bool:
             # Every lane (slot) is gone once the crashed and closed instances'
             # leases ran out and their slots were reclaimed or deregistered.
-            lanes = [k async for k in self.observer.scan_iter(f"*{self.name}*:lane:*")]
+            lanes = [k async for k in self.observer.scan_iter(f"*{self.name}*:slot:*")]
             return not lanes and await self.observer.llen(pool) == self.count
 
         if self.saw_full:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
+from devtools.servers import RedisServer
 
-from _infra import wait_until
-from _infra.servers import RedisServer
 from helpers import assert_permits
 from redsync import RedisSemaphore
 

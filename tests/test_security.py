@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from devtools.servers import RedisServer
+from devtools.topologies import TlsRedisServer
 from redis.exceptions import NoPermissionError
 
-from _infra.servers import RedisServer
-from _infra.topologies import TlsRedisServer
 from helpers import assert_permits
 from redsync import RedisEvent, RedisSemaphore, SemaphoreInitStrategy
 

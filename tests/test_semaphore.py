@@ -7,8 +7,8 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+from devtools import wait_until
 
-from _infra import wait_until
 from helpers import assert_permits, keys_of, keyspace
 from redsync import (
     RedisSemaphore,
@@ -175,7 +175,7 @@ async def test_every_key_has_a_ttl_from_the_moment_it_is_written(
     await sem.acquire()  # pool now empty: Redis deletes the list
     keys = await assert_all_expire()
     assert keyspace(unique_name).key("pool") not in keys
-    assert any(":lane:" in k for k in keys) and any(k.endswith(":holders") for k in keys)
+    assert any(":slot:" in k for k in keys) and any(k.endswith(":holders") for k in keys)
     await sem.release()  # re-creates the pool: with a TTL
     await sem.release()
     assert keyspace(unique_name).key("pool") in await assert_all_expire()

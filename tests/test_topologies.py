@@ -18,14 +18,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import ConnectionError as RedisConnectionError
-
-from _infra import servers as servers_mod
-from _infra import wait_until
-from _infra.servers import RedisServer, kill_all_servers, ping
-from _infra.topologies import (
+from devtools import servers as servers_mod
+from devtools import wait_until
+from devtools.servers import RedisServer, kill_all_servers, ping
+from devtools.topologies import (
     ClusterTopology,
     SentinelTopology,
     TlsFiles,
@@ -34,6 +30,9 @@ from _infra.topologies import (
     make_tls_files,
     resp_command,
 )
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,7 +3,7 @@
 Registered from conftest.py with ``pytest_plugins = ["topology_fixtures"]``.
 Each fixture is function-scoped: it starts its own processes on free loopback
 ports and stops every one of them by pid at teardown. See
-``_infra/topologies.py`` for what "started" waits for.
+``devtools/topologies.py`` for what "started" waits for.
 
 The topology methods block (a failover takes seconds): from an async test call
 them through ``asyncio.to_thread``.
@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from _infra.servers import REDIS_CLI, REDIS_SERVER
-from _infra.topologies import (
+from devtools.servers import REDIS_CLI, REDIS_SERVER
+from devtools.topologies import (
     ClusterTopology,
     SentinelTopology,
     TlsRedisServer,

@@ -3,15 +3,20 @@
 from ._version import __version__
 from .event import EventStatistics, RedisEvent
 from .exceptions import (
+    RedisEventClosedError,
     RedisEventError,
     RedisEventTimeoutError,
+    RedisSemaphoreClosedError,
     RedisSemaphoreCountError,
     RedisSemaphoreCountMismatchError,
     RedisSemaphoreError,
     RedisSemaphoreLeaseLostError,
     RedisSemaphoreNotAcquiredError,
     RedisSemaphoreTimeoutError,
+    RedsyncClosedError,
     RedsyncError,
+    RedsyncLeaseLostError,
+    RedsyncTimeoutError,
 )
 from .semaphore import HolderInfo, RedisSemaphore, SemaphoreInitStrategy, SemaphoreStatistics
 
@@ -19,16 +24,21 @@ __all__ = [
     "EventStatistics",
     "HolderInfo",
     "RedisEvent",
+    "RedisEventClosedError",
     "RedisEventError",
     "RedisEventTimeoutError",
     "RedisSemaphore",
+    "RedisSemaphoreClosedError",
     "RedisSemaphoreCountError",
     "RedisSemaphoreCountMismatchError",
     "RedisSemaphoreError",
     "RedisSemaphoreLeaseLostError",
     "RedisSemaphoreNotAcquiredError",
     "RedisSemaphoreTimeoutError",
+    "RedsyncClosedError",
     "RedsyncError",
+    "RedsyncLeaseLostError",
+    "RedsyncTimeoutError",
     "SemaphoreInitStrategy",
     "SemaphoreStatistics",
     "__version__",

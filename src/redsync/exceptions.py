@@ -1,7 +1,11 @@
 """The exception tree of redsync.
 
 Every exception raised on purpose by this package derives from
-:class:`RedsyncError`, so ``except RedsyncError`` catches all of them.
+:class:`RedsyncError`, so ``except RedsyncError`` catches all of them.  Three
+bases cut across primitives: :class:`RedsyncTimeoutError` (also a builtin
+``TimeoutError``), :class:`RedsyncClosedError` and
+:class:`RedsyncLeaseLostError`; each primitive's own classes (the 2.0 names
+among them) derive from its base and from these.
 Errors from the Redis client itself (``redis.exceptions.ConnectionError``
 after the library's own retries are exhausted, ``ResponseError`` for a
 misconfigured server) are passed through unchanged.
@@ -10,15 +14,20 @@ misconfigured server) are passed through unchanged.
 from __future__ import annotations
 
 __all__ = [
+    "RedisEventClosedError",
     "RedisEventError",
     "RedisEventTimeoutError",
+    "RedisSemaphoreClosedError",
     "RedisSemaphoreCountError",
     "RedisSemaphoreCountMismatchError",
     "RedisSemaphoreError",
     "RedisSemaphoreLeaseLostError",
     "RedisSemaphoreNotAcquiredError",
     "RedisSemaphoreTimeoutError",
+    "RedsyncClosedError",
     "RedsyncError",
+    "RedsyncLeaseLostError",
+    "RedsyncTimeoutError",
 ]
 
 
@@ -36,13 +45,31 @@ class RedsyncError(Exception):
         super().__init__(*(args or (self.default_message,)))
 
 
+class RedsyncTimeoutError(RedsyncError, TimeoutError):
+    """Any wait of any primitive ran out of time; also a builtin :class:`TimeoutError`."""
+
+    default_message = "timed out"
+
+
+class RedsyncClosedError(RedsyncError):
+    """The instance was closed (before or during the call)."""
+
+    default_message = "the instance is closed"
+
+
+class RedsyncLeaseLostError(RedsyncError):
+    """Something held through a lease was found taken back (the lease ran out)."""
+
+    default_message = "the lease was lost"
+
+
 class RedisSemaphoreError(RedsyncError):
     """Base class of the errors raised by :class:`~redsync.RedisSemaphore`."""
 
     default_message = "semaphore error"
 
 
-class RedisSemaphoreTimeoutError(RedisSemaphoreError, TimeoutError):
+class RedisSemaphoreTimeoutError(RedisSemaphoreError, RedsyncTimeoutError):
     """``acquire()`` or ``attach()`` ran out of time.
 
     It is also a builtin :class:`TimeoutError`, so code written against
@@ -58,7 +85,13 @@ class RedisSemaphoreNotAcquiredError(RedisSemaphoreError):
     default_message = "release() called without a permit held; call acquire() first"
 
 
-class RedisSemaphoreLeaseLostError(RedisSemaphoreError):
+class RedisSemaphoreClosedError(RedisSemaphoreError, RedsyncClosedError):
+    """The semaphore instance was closed; waiting tasks get this at close."""
+
+    default_message = "the semaphore instance is closed"
+
+
+class RedisSemaphoreLeaseLostError(RedisSemaphoreError, RedsyncLeaseLostError):
     """The permit being released was no longer held when it was released.
 
     This happens when the holder's lease expired (its process stalled for
@@ -98,7 +131,13 @@ class RedisEventError(RedsyncError):
     default_message = "event error"
 
 
-class RedisEventTimeoutError(RedisEventError, TimeoutError):
+class RedisEventClosedError(RedisEventError, RedsyncClosedError):
+    """The event instance was closed; waiting tasks get this at close."""
+
+    default_message = "the event instance is closed"
+
+
+class RedisEventTimeoutError(RedisEventError, RedsyncTimeoutError):
     """``wait()`` ran out of time before a signal arrived."""
 
     default_message = "no event signal arrived in time"

@@ -12,14 +12,14 @@ import sys
 
 import redis.asyncio as aioredis
 
-import redsync.event
+import redsync.event._event
 from redsync import RedisEvent
 
 
 async def main() -> None:
     url, name, lease_ms, block = sys.argv[1:5]
-    redsync.event.INBOX_LEASE_MS = int(lease_ms)
-    redsync.event.MAX_BLOCK = float(block)
+    redsync.event._event.INBOX_LEASE_MS = int(lease_ms)
+    redsync.event._event.MAX_BLOCK = float(block)
     client = aioredis.Redis.from_url(url)
     event = RedisEvent(client, name)
     task = asyncio.ensure_future(event.wait())

@@ -66,13 +66,13 @@ Client: TypeAlias = "Redis | RedisCluster"
 
 
 class Script:
-    """A Lua script shipped in ``redsync/lua``, run by SHA with a fallback to EVAL."""
+    """A Lua script shipped in ``<package>/lua``, run by SHA with a fallback to EVAL."""
 
     __slots__ = ("name", "sha", "source")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.source = (resources.files("redsync") / "lua" / f"{name}.lua").read_text("utf-8")
+    def __init__(self, package: str, name: str) -> None:
+        self.name = f"{package}:{name}"
+        self.source = (resources.files(package) / "lua" / f"{name}.lua").read_text("utf-8")
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 

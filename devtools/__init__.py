@@ -1,7 +1,9 @@
-"""Test infrastructure for redsync: private Redis servers, Cluster / Sentinel / TLS
-set-ups (topologies.py), a fault proxy, waiting helpers.
+"""Development tooling for redsync, outside the wheel: private Redis servers
+(servers.py), Cluster / Sentinel / TLS set-ups (topologies.py), a fault proxy
+(proxy.py), waiting helpers, and the chaos runner (``python -m devtools.chaos``).
 
-Nothing in here imports redsync.
+Used by the test suite, the chaos runner and the benchmarks; its own tests
+are ``tests/test_infra.py``.  Nothing here but the chaos runner imports redsync.
 """
 
 from __future__ import annotations

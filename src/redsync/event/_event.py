@@ -21,11 +21,11 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from . import _validate
-from ._keys import KeySpace
-from ._lanes import Dispatcher, Lane
-from ._link import Client, Command, Link, retrying, text
-from .exceptions import RedisEventError, RedisEventTimeoutError
+from .._core import validate as _validate
+from .._core.keys import KeySpace
+from .._core.link import Client, Command, Link, retrying, text
+from .._core.waiting import Dispatcher, Lane
+from ..exceptions import RedisEventClosedError, RedisEventError, RedisEventTimeoutError
 
 __all__ = ["EventStatistics", "RedisEvent"]
 
@@ -89,7 +89,7 @@ class RedisEvent:
             self._link,
             self,
             lanes,
-            lambda: RedisEventError(f"event {name!r} is closed"),
+            lambda: RedisEventClosedError(f"event {name!r} is closed"),
             max_block=MAX_BLOCK,
         )
 

@@ -1,4 +1,4 @@
-"""``python -m tests.chaos``: see :mod:`tests.chaos.runner`."""
+"""``python -m devtools.chaos``: see :mod:`devtools.chaos.runner`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 -- Return one held permit to the pool, exactly once.
--- KEYS[1] meta   KEYS[2] pool   KEYS[3] the holder's lane (list)
+-- KEYS[1] meta   KEYS[2] pool   KEYS[3] the holder's slot (list)
 -- ARGV[1] token   ARGV[2] the token's generation   ARGV[3] ttl in ms
 -- Returns 1 released, 0 not held (reclaimed or already released),
 -- -1 the semaphore is gone (it is re-established without this token),

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._link import Command, Link, now_ms
+from .link import Command, Link, now_ms
 
 log = logging.getLogger("redsync")
 

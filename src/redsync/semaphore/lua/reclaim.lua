@@ -1,9 +1,9 @@
--- Return the permits of expired holders to the pool; keep the lanes of
+-- Return the permits of expired holders to the pool; keep the slots of
 -- holders that are late but not yet expired alive until they are.
--- An expired holder whose lane is already gone (it expired before anyone
+-- An expired holder whose slot is already gone (it expired before anyone
 -- got here) may have held a permit nobody can see any more: open a
 -- recovery window, at whose end the permits found nowhere are re-created.
--- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] lane of member i
+-- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] slot of member i
 -- ARGV[1] ttl ms   ARGV[2] generation   ARGV[3] n   ARGV[3+i] member i
 -- ARGV[4+n] recovery window ms
 -- Returns the number of permits returned, or -1 if the generation differs.

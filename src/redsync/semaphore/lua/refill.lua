@@ -1,6 +1,6 @@
 -- End the recovery window after the semaphore was re-established: mint the
--- permits that no registered lane and no pool entry accounts for.
--- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] lane of member i
+-- permits that no registered slot and no pool entry accounts for.
+-- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] slot of member i
 -- ARGV[1] ttl ms   ARGV[2] count   ARGV[3] generation   ARGV[4] n
 -- ARGV[4+i] member i (the caller lists every member of holders)
 -- ARGV[5+n] recovery window ms (optional)
@@ -29,7 +29,7 @@ local window = tonumber(ARGV[5 + n] or '0')
 if redis.call('ZCARD', KEYS[3]) ~= n then
   return -2
 end
--- A renewal at time r registers its lanes until r + ttl: a member whose lease
+-- A renewal at time r registers its slots until r + ttl: a member whose lease
 -- ends before opened + ttl has not renewed since the window opened.  It may
 -- be a live instance whose renewal is late (stuck behind a failover, backing
 -- off) and that puts a permit back on that renewal: minting it now would

@@ -1,5 +1,5 @@
--- Forget the lanes of a closing instance that hold no permit.
--- KEYS[1] holders   KEYS[1+i] lane of member i
+-- Forget the slots of a closing instance that hold no permit.
+-- KEYS[1] holders   KEYS[1+i] slot of member i
 -- ARGV[i] member i
 local removed = 0
 for i = 1, #ARGV do

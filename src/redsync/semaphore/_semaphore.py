@@ -4,16 +4,16 @@ How it works, in short (ARCHITECTURE.md has the details and invariants):
 
 * The pool is a Redis list of ``count`` permit tokens, each unique
   (``<generation>:<index>``).  Acquiring moves a token with BLMOVE from the
-  pool into a *lane*: a list owned by this instance, registered with a lease
+  pool into a *slot*: a list owned by this instance, registered with a lease
   in the ``holders`` sorted set.  Releasing moves that token back, by
   identity, in one script, so a repeated release cannot add a permit.
-* The event loop's one renewal task (:mod:`redsync._renewal`) renews the
-  lease of the instance's lanes and the TTL of every key, by the server's
-  clock, in one round trip shared with every other instance.  A lane whose
+* The event loop's one renewal task (:mod:`redsync._core.renewal`) renews the
+  lease of the instance's slots and the TTL of every key, by the server's
+  clock, in one round trip shared with every other instance.  A slot whose
   lease ran out (its process died) is emptied back into the pool by any
   surviving instance.
 * Many tasks waiting on one instance share at most ``min(count, 16)``
-  blocking connections; see :mod:`redsync._lanes`.
+  blocking connections; see :mod:`redsync._core.waiting`.
 """
 
 from __future__ import annotations
@@ -30,29 +30,29 @@ from typing import Any
 
 from redis import exceptions as rex
 
-from . import _validate
-from ._keys import KeySpace
-from ._lanes import Dispatcher, Lane
-from ._link import Client, Command, Link, now_ms, retrying, text
-from ._renewal import Batch, renewer
-from ._semaphore_ops import (
+from .._core import validate as _validate
+from .._core.keys import KeySpace
+from .._core.link import Client, Command, Link, now_ms, retrying, text
+from .._core.renewal import Batch, renewer
+from .._core.waiting import Dispatcher, Lane
+from ..exceptions import (
+    RedisSemaphoreClosedError,
+    RedisSemaphoreCountError,
+    RedisSemaphoreCountMismatchError,
+    RedisSemaphoreLeaseLostError,
+    RedisSemaphoreNotAcquiredError,
+    RedisSemaphoreTimeoutError,
+)
+from ._ops import (
     SCRIPTS,
-    LaneState,
     LuaOps,
     Meta,
     RenewResult,
     SemaphoreOps,
+    SlotState,
     TxOps,
     recovery_window_ms,
     renew_result,
-)
-from .exceptions import (
-    RedisSemaphoreCountError,
-    RedisSemaphoreCountMismatchError,
-    RedisSemaphoreError,
-    RedisSemaphoreLeaseLostError,
-    RedisSemaphoreNotAcquiredError,
-    RedisSemaphoreTimeoutError,
 )
 
 __all__ = [
@@ -114,7 +114,7 @@ class SemaphoreStatistics:
 
 @dataclass(eq=False)
 class _Slot:
-    """A lane list that holds at most one permit token: the lease record of one acquisition.
+    """A list that holds at most one permit token: the lease record of one acquisition.
 
     One token per slot makes every operation on it unambiguous: a release
     retried after a lost reply can only remove the token it is releasing,
@@ -149,7 +149,7 @@ class _RenewRequest:
     slots: list[_Slot]
     #: Per slot: (epoch, busy, holding, releasing) when it was sent.
     snapshot: list[tuple[int, bool, _Holding | None, str | None]]
-    states: list[LaneState]
+    states: list[SlotState]
     partial: bool
 
 
@@ -518,7 +518,7 @@ class RedisSemaphore:
             pairs = [(text(m), float(s)) for m, s in flat]
         else:
             pairs = [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-        commands = [("LLEN", self._ops.lane_key(m)) for m, _ in pairs]
+        commands = [("LLEN", self._ops.slot_key(m)) for m, _ in pairs]
         lengths = (
             await retrying(lambda _: self._link.pipeline(commands), what="semaphore statistics")
             if commands
@@ -655,7 +655,7 @@ class RedisSemaphore:
             return next((slot for slot in self._slots if slot.free), None)
         member = f"{self._instance}.{self._slot_seq}"
         self._slot_seq += 1
-        slot = _Slot(member, self._ops.lane_key(member))
+        slot = _Slot(member, self._ops.slot_key(member))
         self._slots.append(slot)
         return slot
 
@@ -732,8 +732,8 @@ class RedisSemaphore:
             slot.releasing = None
             self._freed(slot)
 
-    def _closed_error(self) -> RedisSemaphoreError:
-        return RedisSemaphoreError(f"semaphore {self.name!r} is closed")
+    def _closed_error(self) -> RedisSemaphoreClosedError:
+        return RedisSemaphoreClosedError(f"semaphore {self.name!r} is closed")
 
     def _timeout_error(self, timeout: object) -> RedisSemaphoreTimeoutError:
         return RedisSemaphoreTimeoutError(f"semaphore {self.name!r}: no permit within {timeout} s")
@@ -860,7 +860,7 @@ class RedisSemaphore:
             tokens = [slot.holding.token] if slot.holding and not slot.holding.lost else []
             if slot.releasing:
                 tokens.append(slot.releasing)
-            states.append(LaneState(slot.member, slot.key, tokens))
+            states.append(SlotState(slot.member, slot.key, tokens))
         sent_at = asyncio.get_running_loop().time()
         return _RenewRequest(sent_at, slots, snapshot, states, only is not None)
 
@@ -894,7 +894,7 @@ class RedisSemaphore:
         if result.status == "restored":
             log.warning("semaphore %r: keys were missing; re-established them", self.name)
         for slot, (epoch, busy, holding, releasing), contents in zip(
-            slots, request.snapshot, result.lanes
+            slots, request.snapshot, result.slots
         ):
             slot.registered = True
             if holding is not None and slot.holding is holding and holding.token not in contents:

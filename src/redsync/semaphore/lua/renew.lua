@@ -1,11 +1,11 @@
--- One renewal of one instance: renew the lease of its lanes and the
+-- One renewal of one instance: renew the lease of its slots and the
 -- TTL of the shared keys, re-establish the semaphore if its keys vanished,
 -- and report what the instance must act on.
--- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] lane i
+-- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] slot i
 -- ARGV[1] ttl ms   ARGV[2] count   ARGV[3] generation   ARGV[4] strategy
--- ARGV[5] recovery window ms   ARGV[6] number of lanes n
--- then for each lane: member, k, and the k tokens the instance holds on it.
--- Returns {status, stale members, refill due (0/1), contents of lane 1, ...}
+-- ARGV[5] recovery window ms   ARGV[6] number of slots n
+-- then for each slot: member, k, and the k tokens the instance holds on it.
+-- Returns {status, stale members, refill due (0/1), contents of slot 1, ...}
 -- where status is 'ok', 'restored' or 'stale' ({'stale', count, gen}).
 local ttl = tonumber(ARGV[1])
 local t = redis.call('TIME')
@@ -21,7 +21,7 @@ if not meta[1] then
   status = 'restored'
 elseif meta[1] ~= ARGV[2] or meta[2] ~= ARGV[3] then
   -- The semaphore was re-created under a new generation: what this
-  -- instance holds is void.  Drop its lanes and registrations.
+  -- instance holds is void.  Drop its slots and registrations.
   local idx = 7
   for i = 1, n do
     redis.call('DEL', KEYS[3 + i])
@@ -49,7 +49,7 @@ for i = 1, n do
   local k = tonumber(ARGV[idx + 1])
   local head = redis.call('LINDEX', key, 0)
   if not head then
-    -- A lane always starts with an empty marker element, so that it exists
+    -- A slot always starts with an empty marker element, so that it exists
     -- (and keeps its TTL) while holding no permit.
     redis.call('RPUSH', key, '')
     if recover == 0 and k > 0 and redis.call('ZSCORE', KEYS[3], member) then
@@ -82,7 +82,7 @@ end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
--- Members whose lease has run more than half out: their lanes must be kept
+-- Members whose lease has run more than half out: their slots must be kept
 -- alive until reclaimed (or reclaimed now, if expired).
 out[2] = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now + math.floor(ttl / 2))
 if recover ~= 0 and recover <= now then

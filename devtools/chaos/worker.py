@@ -1,8 +1,8 @@
 """A chaos worker process: many tasks hammering one RedisSemaphore and one RedisEvent.
 
-Started by the runner as ``python -m tests.chaos.worker SPEC_JSON`` from the
+Started by the runner as ``python -m devtools.chaos.worker SPEC_JSON`` from the
 repository root.  Every observable step goes to the worker's own ledger (see
-:mod:`tests.chaos.ledger`) before or after the library call it describes, so
+:mod:`devtools.chaos.ledger`) before or after the library call it describes, so
 that the observer can check the library from the outside:
 
 * ``ENTER`` is written right after ``acquire()`` returns and ``EXIT`` right
@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import REPO_ROOT as _REPO_ROOT  # noqa: F401  (puts tests/ on sys.path)
+from . import REPO_ROOT as _REPO_ROOT  # noqa: F401
 from .conn import close_client, make_client, replica_kwargs
 from .ledger import Ledger
 
@@ -315,7 +315,7 @@ class Worker:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m tests.chaos.worker SPEC_JSON", file=sys.stderr)
+        print("usage: python -m devtools.chaos.worker SPEC_JSON", file=sys.stderr)
         return 2
     spec = json.loads(args[0])
     _die_with_parent(int(spec["parent"]))

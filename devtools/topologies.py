@@ -1,7 +1,7 @@
 """Multi-process Redis set-ups for tests: Cluster, Sentinel and TLS.
 
-Every process is a :class:`~_infra.servers.RedisServer` (so it binds
-127.0.0.1, is stopped by pid, and :func:`~_infra.servers.kill_all_servers`
+Every process is a :class:`~devtools.servers.RedisServer` (so it binds
+127.0.0.1, is stopped by pid, and :func:`~devtools.servers.kill_all_servers`
 reaches it). Start-up and failover wait on observable conditions with
 deadlines, never on fixed sleeps.
 

@@ -16,19 +16,19 @@ from typing import Any, Protocol, TypeVar
 
 from redis.asyncio.connection import AbstractConnection
 
-from ._keys import KeySpace
-from ._link import Command, Link, Script, now_ms, text
+from .._core.keys import KeySpace
+from .._core.link import Command, Link, Script, now_ms, text
 
 R = TypeVar("R")
 
 SCRIPTS = {
-    name: Script(f"semaphore_{name}")
+    name: Script("redsync.semaphore", name)
     for name in ("init", "release", "renew", "reclaim", "refill", "deregister")
 }
 
 
 @dataclass
-class LaneState:
+class SlotState:
     member: str
     key: str
     tokens: list[str]
@@ -39,7 +39,7 @@ class RenewResult:
     status: str  # "ok", "restored" or "stale"
     stale_members: list[str] = field(default_factory=list)
     refill_due: bool = False
-    lanes: list[list[str]] = field(default_factory=list)
+    slots: list[list[str]] = field(default_factory=list)
     count: int = 0
     gen: str = ""
 
@@ -53,13 +53,13 @@ class Meta:
 
 
 class SemaphoreOps(Protocol):
-    def lane_key(self, member: str) -> str: ...
+    def slot_key(self, member: str) -> str: ...
     async def init(self, count: int, ttl_ms: int, gen: str, strategy: str) -> Meta: ...
     async def meta(self) -> Meta | None: ...
-    async def release(self, lane_key: str, token: str, gen: str, ttl_ms: int) -> int: ...
+    async def release(self, slot_key: str, token: str, gen: str, ttl_ms: int) -> int: ...
     async def renew(
         self,
-        lanes: Sequence[LaneState],
+        slots: Sequence[SlotState],
         count: int,
         gen: str,
         strategy: str,
@@ -79,8 +79,8 @@ class _Base:
         self.holders_key = keys.key("holders")
         self._keys = keys
 
-    def lane_key(self, member: str) -> str:
-        return self._keys.key(f"lane:{member}")
+    def slot_key(self, member: str) -> str:
+        return self._keys.key(f"slot:{member}")
 
     async def meta(self) -> Meta | None:
         count, gen, strategy = await self.link.call(
@@ -108,7 +108,7 @@ def renew_result(reply: Any) -> RenewResult:
         status,
         stale_members=_strings(reply[1]),
         refill_due=bool(int(reply[2])),
-        lanes=[_strings(c) for c in reply[3:]],
+        slots=[_strings(c) for c in reply[3:]],
     )
 
 
@@ -122,25 +122,25 @@ class LuaOps(_Base):
         )
         return Meta(int(reply[0]), text(reply[1]), text(reply[2]), bool(int(reply[3])))
 
-    async def release(self, lane_key: str, token: str, gen: str, ttl_ms: int) -> int:
-        keys = [self.meta_key, self.pool_key, lane_key]
+    async def release(self, slot_key: str, token: str, gen: str, ttl_ms: int) -> int:
+        keys = [self.meta_key, self.pool_key, slot_key]
         return int(await self._run("release", keys, [token, gen, ttl_ms]))
 
     async def renew(
         self,
-        lanes: Sequence[LaneState],
+        slots: Sequence[SlotState],
         count: int,
         gen: str,
         strategy: str,
         ttl_ms: int,
         recover_ms: int,
     ) -> RenewResult:
-        keys, args = self.renew_call(lanes, count, gen, strategy, ttl_ms, recover_ms)
+        keys, args = self.renew_call(slots, count, gen, strategy, ttl_ms, recover_ms)
         return renew_result(await self._run("renew", keys, args))
 
     def renew_call(
         self,
-        lanes: Sequence[LaneState],
+        slots: Sequence[SlotState],
         count: int,
         gen: str,
         strategy: str,
@@ -148,24 +148,24 @@ class LuaOps(_Base):
         recover_ms: int,
     ) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the renewal script (sent in shared batches)."""
-        keys = [self.meta_key, self.pool_key, self.holders_key, *(lane.key for lane in lanes)]
-        args: list[Any] = [ttl_ms, count, gen, strategy, recover_ms, len(lanes)]
-        for lane in lanes:
-            args += [lane.member, len(lane.tokens), *lane.tokens]
+        keys = [self.meta_key, self.pool_key, self.holders_key, *(slot.key for slot in slots)]
+        args: list[Any] = [ttl_ms, count, gen, strategy, recover_ms, len(slots)]
+        for slot in slots:
+            args += [slot.member, len(slot.tokens), *slot.tokens]
         return keys, args
 
     async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int:
-        keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.lane_key, members)]
+        keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.slot_key, members)]
         args = [ttl_ms, gen, len(members), *members, recovery_window_ms(ttl_ms)]
         return int(await self._run("reclaim", keys, args))
 
     async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int:
-        keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.lane_key, members)]
+        keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.slot_key, members)]
         args = [ttl_ms, count, gen, len(members), *members, recovery_window_ms(ttl_ms)]
         return int(await self._run("refill", keys, args))
 
     async def deregister(self, members: Sequence[str]) -> int:
-        keys = [self.holders_key, *map(self.lane_key, members)]
+        keys = [self.holders_key, *map(self.slot_key, members)]
         return int(await self._run("deregister", keys, list(members)))
 
 
@@ -225,10 +225,10 @@ class TxOps(_Base):
 
         return await self._tx([self.meta_key, self.pool_key, self.holders_key], body)
 
-    async def release(self, lane_key: str, token: str, gen: str, ttl_ms: int) -> int:
+    async def release(self, slot_key: str, token: str, gen: str, ttl_ms: int) -> int:
         async def body(read: Reader) -> tuple[list[Command] | None, int]:
-            current, pos = await read([("HGET", self.meta_key, "gen"), ("LPOS", lane_key, token)])
-            remove: list[Command] = [("LREM", lane_key, 1, token)]
+            current, pos = await read([("HGET", self.meta_key, "gen"), ("LPOS", slot_key, token)])
+            remove: list[Command] = [("LREM", slot_key, 1, token)]
             if current is None:
                 return remove, -1
             if text(current) != gen:
@@ -241,18 +241,18 @@ class TxOps(_Base):
                 ("PEXPIRE", self.pool_key, ttl_ms),
             ], 1
 
-        return await self._tx([self.meta_key, lane_key], body)
+        return await self._tx([self.meta_key, slot_key], body)
 
     async def renew(
         self,
-        lanes: Sequence[LaneState],
+        slots: Sequence[SlotState],
         count: int,
         gen: str,
         strategy: str,
         ttl_ms: int,
         recover_ms: int,
     ) -> RenewResult:
-        own = {lane.member for lane in lanes}
+        own = {slot.member for slot in slots}
 
         async def body(read: Reader) -> tuple[list[Command] | None, RenewResult]:
             replies = await read(
@@ -261,16 +261,16 @@ class TxOps(_Base):
                     ("HMGET", self.meta_key, "count", "gen", "recover"),
                     ("ZCARD", self.holders_key),
                     ("LRANGE", self.pool_key, 0, -1),
-                    *(("LRANGE", lane.key, 0, -1) for lane in lanes),
-                    *(("ZSCORE", self.holders_key, lane.member) for lane in lanes),
+                    *(("LRANGE", slot.key, 0, -1) for slot in slots),
+                    *(("ZSCORE", self.holders_key, slot.member) for slot in slots),
                 ]
             )
             now = now_ms(replies[0])
             found = replies[1]
             registered = int(replies[2])
             pool = set(_strings(replies[3]))
-            contents = [_strings(r) for r in replies[4 : 4 + len(lanes)]]
-            scores = replies[4 + len(lanes) :]
+            contents = [_strings(r) for r in replies[4 : 4 + len(slots)]]
+            scores = replies[4 + len(slots) :]
             writes: list[Command] = []
             status = "ok"
             if found[0] is None:
@@ -281,8 +281,8 @@ class TxOps(_Base):
                 writes.append(("HSET", self.meta_key, "recover", recover))
                 status = "restored"
             elif int(found[0]) != count or text(found[1]) != gen:
-                for lane in lanes:
-                    writes += [("DEL", lane.key), ("ZREM", self.holders_key, lane.member)]
+                for slot in slots:
+                    writes += [("DEL", slot.key), ("ZREM", self.holders_key, slot.member)]
                 return writes, RenewResult("stale", count=int(found[0]), gen=text(found[1]))
             else:
                 recover = int(found[2] or 0)
@@ -297,33 +297,33 @@ class TxOps(_Base):
                 stale_members=[m for m in _strings(stale) if m not in own],
                 refill_due=recover != 0 and recover <= now,
             )
-            for lane, items, score in zip(lanes, contents, scores):
+            for slot, items, score in zip(slots, contents, scores):
                 if not items:
-                    if recover == 0 and lane.tokens and score is not None:
+                    if recover == 0 and slot.tokens and score is not None:
                         # See semaphore_renew.lua: a registered slot expired, permits inside.
                         recover = now + recover_ms
                         writes.append(("HSET", self.meta_key, "recover", recover))
                         result.status = "restored"
-                    restored = [t for t in lane.tokens if t not in pool] if recover != 0 else []
-                    writes.append(("RPUSH", lane.key, "", *restored))
+                    restored = [t for t in slot.tokens if t not in pool] if recover != 0 else []
+                    writes.append(("RPUSH", slot.key, "", *restored))
                     items = ["", *restored]
                 elif items[0] != "":
-                    writes.append(("LPUSH", lane.key, ""))
+                    writes.append(("LPUSH", slot.key, ""))
                     items = ["", *items]
                 writes += [
-                    ("ZADD", self.holders_key, now + ttl_ms, lane.member),
-                    ("PEXPIRE", lane.key, ttl_ms),
+                    ("ZADD", self.holders_key, now + ttl_ms, slot.member),
+                    ("PEXPIRE", slot.key, ttl_ms),
                 ]
-                result.lanes.append(items[1:])
+                result.slots.append(items[1:])
             for key in (self.meta_key, self.pool_key, self.holders_key):
                 writes.append(("PEXPIRE", key, ttl_ms))
             return writes, result
 
-        watch = [self.meta_key, self.holders_key, self.pool_key, *(lane.key for lane in lanes)]
+        watch = [self.meta_key, self.holders_key, self.pool_key, *(slot.key for slot in slots)]
         return await self._tx(watch, body)
 
     async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int:
-        lane_keys = [self.lane_key(m) for m in members]
+        slot_keys = [self.slot_key(m) for m in members]
         prefix = gen + ":"
 
         async def body(read: Reader) -> tuple[list[Command] | None, int]:
@@ -333,8 +333,8 @@ class TxOps(_Base):
                     ("HMGET", self.meta_key, "gen", "recover"),
                     ("TIME",),
                     *(("ZSCORE", self.holders_key, m) for m in members),
-                    *(("LRANGE", k, 1, -1) for k in lane_keys),
-                    *(("EXISTS", k) for k in lane_keys),
+                    *(("LRANGE", k, 1, -1) for k in slot_keys),
+                    *(("EXISTS", k) for k in slot_keys),
                 ]
             )
             gen_found, recover = replies[0]
@@ -348,13 +348,13 @@ class TxOps(_Base):
             returned: list[str] = []
             recovering = int(recover or 0) != 0
             for member, key, score, items, present in zip(
-                members, lane_keys, scores, contents, exists
+                members, slot_keys, scores, contents, exists
             ):
                 if score is None:
                     continue
                 if float(score) <= now:
                     if not int(present) and not recovering:
-                        # See semaphore_reclaim.lua: a lane gone with its permit.
+                        # See semaphore_reclaim.lua: a slot gone with its permit.
                         deadline = now + recovery_window_ms(ttl_ms)
                         writes.append(("HSET", self.meta_key, "recover", deadline))
                         recovering = True
@@ -369,10 +369,10 @@ class TxOps(_Base):
                 ]
             return (writes or None), len(returned)
 
-        return await self._tx([self.meta_key, self.holders_key, *lane_keys], body)
+        return await self._tx([self.meta_key, self.holders_key, *slot_keys], body)
 
     async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int:
-        lane_keys = [self.lane_key(m) for m in members]
+        slot_keys = [self.slot_key(m) for m in members]
 
         async def body(read: Reader) -> tuple[list[Command] | None, int]:
             replies = await read(
@@ -381,7 +381,7 @@ class TxOps(_Base):
                     ("TIME",),
                     ("ZRANGE", self.holders_key, 0, -1),
                     ("LRANGE", self.pool_key, 0, -1),
-                    *(("LRANGE", k, 1, -1) for k in lane_keys),
+                    *(("LRANGE", k, 1, -1) for k in slot_keys),
                     *(("ZSCORE", self.holders_key, m) for m in members),
                 ]
             )
@@ -417,17 +417,17 @@ class TxOps(_Base):
             writes += [("PEXPIRE", self.meta_key, ttl_ms), ("PEXPIRE", self.pool_key, ttl_ms)]
             return writes, len(missing)
 
-        return await self._tx([self.meta_key, self.pool_key, self.holders_key, *lane_keys], body)
+        return await self._tx([self.meta_key, self.pool_key, self.holders_key, *slot_keys], body)
 
     async def deregister(self, members: Sequence[str]) -> int:
-        lane_keys = [self.lane_key(m) for m in members]
+        slot_keys = [self.slot_key(m) for m in members]
 
         async def body(read: Reader) -> tuple[list[Command] | None, int]:
-            lengths = await read([("LLEN", k) for k in lane_keys])
+            lengths = await read([("LLEN", k) for k in slot_keys])
             writes: list[Command] = []
-            for member, key, length in zip(members, lane_keys, lengths):
+            for member, key, length in zip(members, slot_keys, lengths):
                 if int(length) <= 1:
                     writes += [("DEL", key), ("ZREM", self.holders_key, member)]
             return (writes or None), len(writes) // 2
 
-        return await self._tx([self.holders_key, *lane_keys], body)
+        return await self._tx([self.holders_key, *slot_keys], body)

@@ -1,13 +1,13 @@
 """What the chaos runner needs from a Redis set-up, for standalone, Cluster and Sentinel.
 
 A :class:`Topology` starts and stops its servers, tells workers how to
-connect (a JSON-able spec, see :mod:`tests.chaos.conn`), lists the data
+connect (a JSON-able spec, see :mod:`devtools.chaos.conn`), lists the data
 nodes where client connections can be killed or the server stalled, and
 performs the "big fault": a restart for a standalone server, a failover for
 Cluster and Sentinel.  All blocking work runs in threads so that the
 runner's event loop (which also runs the fault proxy) never stalls.
 
-Cluster and Sentinel are built on ``_infra.topologies`` and are available
+Cluster and Sentinel are built on ``devtools.topologies`` and are available
 only when that module imports.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from _infra.proxy import FaultProxy
-from _infra.servers import RedisServer
+from devtools.proxy import FaultProxy
+from devtools.servers import RedisServer
 
 from .conn import ConnSpec
 
@@ -48,9 +48,9 @@ Address = tuple[str, int]
 def topologies_available() -> tuple[bool, str]:
     """Whether Cluster / Sentinel set-ups can be built here, and if not, why."""
     try:
-        from _infra import topologies  # noqa: F401
+        from devtools import topologies  # noqa: F401
     except Exception as exc:
-        return False, f"tests/_infra/topologies.py is not importable: {exc!r}"
+        return False, f"devtools/topologies.py is not importable: {exc!r}"
     return True, ""
 
 
@@ -162,13 +162,13 @@ class StandaloneTopology(Topology):
 
 
 class ClusterTopology(Topology):
-    """3 masters with a replica each (``_infra.topologies.ClusterTopology``)."""
+    """3 masters with a replica each (``devtools.topologies.ClusterTopology``)."""
 
     name = "cluster"
     big_fault_kind = "failover"
 
     def __init__(self, node_timeout_ms: int = 1000) -> None:
-        from _infra.topologies import ClusterTopology as Cluster
+        from devtools.topologies import ClusterTopology as Cluster
 
         self.node_timeout_ms = node_timeout_ms
         self.cluster = Cluster(
@@ -216,13 +216,13 @@ class ClusterTopology(Topology):
 
 
 class SentinelTopology(Topology):
-    """A master, one replica and three sentinels (``_infra.topologies.SentinelTopology``)."""
+    """A master, one replica and three sentinels (``devtools.topologies.SentinelTopology``)."""
 
     name = "sentinel"
     big_fault_kind = "failover"
 
     def __init__(self, down_after_ms: int = 1000) -> None:
-        from _infra.topologies import SentinelTopology as Sentinel
+        from devtools.topologies import SentinelTopology as Sentinel
 
         self.down_after_ms = down_after_ms
         self.setup = Sentinel(

@@ -1,6 +1,6 @@
-"""``python -m tests.chaos.table RESULTS.json``: one markdown table, a column per topology.
+"""``python -m devtools.chaos.table RESULTS.json``: one markdown table, a column per topology.
 
-Renders the JSON that ``python -m tests.chaos --json`` writes, for the README.
+Renders the JSON that ``python -m devtools.chaos --json`` writes, for the README.
 """
 
 from __future__ import annotations

@@ -7,16 +7,16 @@ For each topology:
 2. Create the semaphore (``count`` permits) with a "keeper" instance that
    stays alive all run (it never acquires; its renewals reclaim the permits
    of dead holders and re-establish lost keys), and pick an event name.
-3. Start ``workers`` processes (:mod:`tests.chaos.worker`); each attaches to
+3. Start ``workers`` processes (:mod:`devtools.chaos.worker`); each attaches to
    the semaphore and runs semaphore loops, event setters and waiters, and a
    canceller, writing everything to its own ledger.
-4. Inject faults for ``duration`` seconds (:mod:`tests.chaos.faults`).
+4. Inject faults for ``duration`` seconds (:mod:`devtools.chaos.faults`).
 5. Stop the faults, SIGTERM the workers (SIGKILL after a deadline), and poll
    Redis until every permit is back in the pool (at most ~2 x lease_ttl).
 6. Audit with fresh clients: the tokens in Redis (exactly ``count`` unique
    tokens of the current generation), ``attach()`` + ``count`` acquisitions +
    one that must time out, the event's pending signals drained and counted;
-   and the ledgers (:mod:`tests.chaos.observer`): simultaneous holders,
+   and the ledgers (:mod:`devtools.chaos.observer`): simultaneous holders,
    over-admissions, signals lost or duplicated, recovery times.
 
 The whole run has a hard deadline; every child process is killed by pid on
@@ -118,7 +118,7 @@ class Options:
 
 def parse_args(argv: list[str] | None = None) -> Options:
     p = argparse.ArgumentParser(
-        prog="python -m tests.chaos",
+        prog="python -m devtools.chaos",
         description=(
             "Chaos runner for redsync: worker processes hammer one RedisSemaphore and one "
             "RedisEvent while faults are injected; then the ledgers and Redis are audited. "
@@ -296,7 +296,7 @@ class WorkerPool:
         out = open(self.dir / f"{wid}.out", "wb")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.chaos.worker", json.dumps(spec)],
+                [sys.executable, "-m", "devtools.chaos.worker", json.dumps(spec)],
                 cwd=str(REPO_ROOT),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -1430,7 +1430,7 @@ def _hard_deadline(seconds: float) -> threading.Timer:
         sys.stderr.flush()
         _kill_children()
         with contextlib.suppress(Exception):
-            from _infra.servers import kill_all_servers
+            from devtools.servers import kill_all_servers
 
             kill_all_servers()
         os._exit(3)
@@ -1474,7 +1474,7 @@ def run(opts: Options) -> tuple[int, list[dict[str, Any]]]:
         interrupted = interrupted or _signals_seen > 0
         _kill_children()
         with contextlib.suppress(Exception):
-            from _infra.servers import kill_all_servers
+            from devtools.servers import kill_all_servers
 
             kill_all_servers()
     bad = any(r.get("violations") for r in results)

@@ -134,9 +134,9 @@ async def token_picture(client: Any, keys: Keys) -> TokenPicture:
     """Where every token is, read atomically (one script) so that a token moving
     while it is read can neither be missed nor seen twice."""
     await to_master(client)
-    found = [_text(key) async for key in client.scan_iter(match=keys.sem("lane:*"), count=1000)]
+    found = [_text(key) async for key in client.scan_iter(match=keys.sem("slot:*"), count=1000)]
     names = [keys.sem("meta"), keys.sem("pool"), keys.sem("holders"), *sorted(set(found))]
-    reply = await client.eval(_PICTURE_LUA, len(names), *names, keys.sem("lane:"))
+    reply = await client.eval(_PICTURE_LUA, len(names), *names, keys.sem("slot:"))
     pic = TokenPicture()
     flat_meta = [_text(v) for v in reply[0]]
     pic.meta = dict(zip(flat_meta[::2], flat_meta[1::2]))
@@ -159,11 +159,11 @@ async def instance_tokens(client: Any, keys: Keys, instance: str) -> int:
     """Permit tokens in the slots of one semaphore instance (registered or not)."""
     await to_master(client)
     slot_keys = {
-        keys.sem(f"lane:{m}")
+        keys.sem(f"slot:{m}")
         for m in await holder_members(client, keys)
         if m.rsplit(".", 1)[0] == instance
     }
-    async for key in client.scan_iter(match=keys.sem(f"lane:{instance}.*"), count=1000):
+    async for key in client.scan_iter(match=keys.sem(f"slot:{instance}.*"), count=1000):
         slot_keys.add(_text(key))
     tokens = 0
     for key in slot_keys:

@@ -34,7 +34,7 @@ from typing import Generic, Protocol, TypeVar
 
 from redis.asyncio.connection import AbstractConnection
 
-from ._link import AMBIGUOUS, TRANSIENT, Link
+from .link import AMBIGUOUS, TRANSIENT, Link
 
 log = logging.getLogger("redsync")
 

@@ -1,7 +1,7 @@
 """Minimal reproductions of problems the chaos runner found.
 
-    python -m tests.chaos.repros lost-permit [--outage 1.5]
-    python -m tests.chaos.repros sentinel-stale
+    python -m devtools.chaos.repros lost-permit [--outage 1.5]
+    python -m devtools.chaos.repros sentinel-stale
 
 ``lost-permit``: a SIGKILLed holder's permit is lost for good when no
 surviving instance's renewal lands in the second half of the dead holder's
@@ -56,8 +56,8 @@ async def lost_permit(outage: float) -> bool:
     """True if the permits all came back (no bug)."""
     import redis.asyncio as aioredis
 
-    from _infra.proxy import FaultProxy
-    from _infra.servers import RedisServer
+    from devtools.proxy import FaultProxy
+    from devtools.servers import RedisServer
     from redsync import RedisSemaphore, RedisSemaphoreTimeoutError
 
     name = "repro-lost-permit"
@@ -112,7 +112,7 @@ async def lost_permit(outage: float) -> bool:
 
 async def sentinel_stale() -> bool:
     """True if the semaphore kept renewing after the failover (no bug)."""
-    from _infra.topologies import SentinelTopology
+    from devtools.topologies import SentinelTopology
     from redsync import RedisSemaphore
 
     from .conn import close_client, make_client
@@ -151,7 +151,7 @@ async def sentinel_stale() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.chaos.repros")
+    p = argparse.ArgumentParser(prog="python -m devtools.chaos.repros")
     sub = p.add_subparsers(dest="what", required=True)
     lp = sub.add_parser("lost-permit")
     lp.add_argument("--outage", type=float, default=1.5, help="seconds (lease_ttl is 2 s)")
