@@ -400,7 +400,8 @@ class Link:
         """What the batches of different links share when they go to the same
         node: the client's pool, or the cluster node owning the route key."""
         pool = await self._route()
-        return pool.pool if pool.node is None else pool.node
+        # By identity: ClusterNode is unhashable on redis-py < 5.1.
+        return id(pool.pool) if pool.node is None else id(pool.node)
 
     async def call(self, *command: Any) -> Any:
         """Run one command on a borrowed connection."""

@@ -176,7 +176,16 @@ class Renewer:
                     renewal._busy = True
                     if renewal.due == 0.0:
                         renewal.due = -1.0  # kicked: a kick during this round re-arms it
-                await self._round(due)
+                try:
+                    await self._round(due)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug: never let it end every renewal
+                    log.exception("renewal round failed")
+                    for renewal in due:
+                        if renewal._busy and renewal._task is None:
+                            renewal._failed(loop.time(), exc)
+                            renewal._busy = False
         finally:
             self._task = None
 
@@ -197,19 +206,21 @@ class Renewer:
         solo: list[Renewal] = []
         loop = asyncio.get_running_loop()
         for renewal in due:
+            batch: Batch | None = None
             try:
                 batch = await renewal.owner._renew_batch()
-                group = None if batch is None else await batch.link.group()
+                if batch is None:
+                    solo.append(renewal)
+                else:
+                    groups.setdefault(await batch.link.group(), []).append((renewal, batch))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if batch is not None:
+                    # Built but never sent: its finish still runs (it may hold a lock).
+                    await _finish_quietly(batch, exc)
                 renewal._failed(loop.time(), exc)
                 renewal._busy = False
-                continue
-            if batch is None or group is None:
-                solo.append(renewal)
-            else:
-                groups.setdefault(group, []).append((renewal, batch))
         work: list[Awaitable[None]] = [self._send(items) for items in groups.values()]
         for renewal in solo:
             renewal._task = task = loop.create_task(self._tick(renewal))
@@ -280,6 +291,13 @@ def next_due(now: float, period: float) -> float:
     whenever they started (with ``EARLY``, one round takes the other phase along)."""
     step = period / 2
     return math.ceil((now + 0.6 * period) / step) * step
+
+
+async def _finish_quietly(batch: Batch, exc: BaseException) -> None:
+    try:
+        await batch.finish(exc, 0)
+    except Exception:
+        log.exception("finishing a renewal batch that was never sent failed")
 
 
 _RENEWERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Renewer] = (
