@@ -163,10 +163,11 @@ class Gate:
         self.entered = asyncio.Event()
 
     def hold(self, obj: object, *names: str) -> None:
-        for name in names:
-            original = getattr(obj, name, None)
-            if original is None:
-                continue
+        """Hold every call of each method ``obj`` has among ``names`` (one at least)."""
+        found = [name for name in names if getattr(obj, name, None) is not None]
+        assert found, f"{obj!r} has none of {names}: the gate would hold nothing"
+        for name in found:
+            original = getattr(obj, name)
 
             async def held(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
                 self.entered.set()
@@ -206,7 +207,7 @@ async def test_is_set_sees_a_signal_that_reached_an_ended_wait(
     admin = deployment.client()
     gate = Gate()
     # The ended wait's instance stalls in whatever it does with a signal that arrives.
-    gate.hold(ended, "refuse", "accept", "give_back", "_ack")
+    gate.hold(ended, "_lane_refuse", "_lane_accept", "_lane_give_back", "_ack")
     keep = None
     try:
         if ending == "cancelled":

@@ -180,7 +180,7 @@ class RedisEvent:
 
     # -- lanes (called by the dispatcher) ------------------------------------
 
-    async def pull(self, lane: Lane, block: float | None) -> str | None:
+    async def _lane_pull(self, lane: Lane, block: float | None) -> str | None:
         if lane.dirty:
             await self._recover(lane)
         # Taken only now: recovering may replace the lane's connection and give
@@ -232,7 +232,7 @@ class RedisEvent:
             return None
         return text(replies[2])
 
-    async def accept(self, lane: Lane, signal: str) -> bool:
+    async def _lane_accept(self, lane: Lane, signal: str) -> bool:
         """Acknowledge ``signal`` for the waiter the dispatcher claimed."""
         lane.extra["acking"] = signal
         try:
@@ -243,7 +243,7 @@ class RedisEvent:
         lane.extra["acking"] = None
         return acked
 
-    async def refuse(self, lane: Lane, signal: str) -> None:
+    async def _lane_refuse(self, lane: Lane, signal: str) -> None:
         """Nobody waits any more: the signal goes from the inbox back to the head of
         the list in one transaction, so it is in sight of ``is_set()`` throughout."""
         try:
@@ -288,10 +288,10 @@ class RedisEvent:
             raise RedisEventError(f"inbox {lane.key!r} held {text(moved)!r}, expected {signal!r}")
         return moved is not None
 
-    async def settle(self, lane: Lane) -> None:
+    async def _lane_settle(self, lane: Lane) -> None:
         await self._recover(lane)
 
-    async def give_back(self, lane: Lane, item: str) -> None:
+    async def _lane_give_back(self, lane: Lane, item: str) -> None:
         # The copy in the inbox is dropped with the lane's next move.
         await self._push(item, head=True)
 

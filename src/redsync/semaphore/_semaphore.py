@@ -558,7 +558,7 @@ class RedisSemaphore:
 
     # -- lanes (called by the dispatcher) -----------------------------------
 
-    async def pull(self, lane: Lane, block: float | None) -> str | None:
+    async def _lane_pull(self, lane: Lane, block: float | None) -> str | None:
         slot = self._free_slot()
         if slot is None:
             # Every permit this instance may hold is held or on its way back.
@@ -609,17 +609,17 @@ class RedisSemaphore:
             return None
         return self._hold(slot, text(reply)).token
 
-    async def accept(self, lane: Lane, item: str) -> bool:
+    async def _lane_accept(self, lane: Lane, item: str) -> bool:
         return True  # the token already sits in this instance's leased slot
 
-    async def refuse(self, lane: Lane, item: str) -> None:
-        await self.give_back(lane, item)
+    async def _lane_refuse(self, lane: Lane, item: str) -> None:
+        await self._lane_give_back(lane, item)
 
-    async def settle(self, lane: Lane) -> None:
+    async def _lane_settle(self, lane: Lane) -> None:
         # Slots, not lanes, carry state: a dirty slot is settled by a renewal.
         self._renewal.kick()
 
-    async def give_back(self, lane: Lane, item: str) -> None:
+    async def _lane_give_back(self, lane: Lane, item: str) -> None:
         holding = self._held.pop(item, None)
         if holding is None:
             return
