@@ -455,3 +455,29 @@ async def test_a_thousand_idle_semaphores_renew_in_few_commands_and_one_task(
         for sem in sems:
             await sem.close()
         await client.aclose()
+
+
+async def test_the_hot_path_packs_each_command_once(
+    redis: aioredis.Redis, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packing commands was a good part of the client CPU of an acquisition; the
+    same LMOVE and release go out again and again, so their bytes are reused."""
+    from redis.asyncio.connection import AbstractConnection
+
+    sem = await RedisSemaphore.create(redis, unique_name, count=1, lease_ttl=60)
+    await cycles(sem, 5)  # warm: slots registered, scripts loaded
+    packed: list[int] = []
+    original = AbstractConnection.pack_commands
+
+    def counting(self: AbstractConnection, commands: Any) -> Any:
+        packed.append(len(commands))
+        return original(self, commands)
+
+    monkeypatch.setattr(AbstractConnection, "pack_commands", counting)
+    try:
+        await cycles(sem, 200)
+    finally:
+        monkeypatch.undo()
+        await sem.close()
+    assert len(packed) <= 10, f"{len(packed)} packings for 200 acquire + release cycles"
+    await assert_permits(redis, unique_name, 1, free=1)

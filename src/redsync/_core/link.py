@@ -103,6 +103,9 @@ class _Pool:
             self.node._free.append(conn)  # type: ignore[arg-type]
 
 
+#: Most packed commands one link remembers (see Link._pack).
+PACK_CACHE = 64
+
 #: Most connections one process keeps checked out of one connection pool (per
 #: event loop) between operations, shared by every primitive instance using it.
 MAX_KEPT = 4
@@ -181,6 +184,8 @@ class Link:
         self.replica_timeout_ms = 0
         #: Writes that WAIT reported as reaching fewer replicas than asked.
         self.replica_shortfalls = 0
+        #: Packed one-command batches, see :meth:`_pack`.
+        self._packed: dict[tuple[Any, ...], Any] = {}
 
     # -- where connections come from -------------------------------------------
 
@@ -330,7 +335,7 @@ class Link:
                 "redsync bug: a command was sent on a connection already given back "
                 "(it may be in use elsewhere); please report it"
             )
-        packed = conn.pack_commands([tuple(c) for c in commands])
+        packed = self._pack(conn, commands)
         saved = conn.socket_timeout
         # A write of a few hundred bytes does not block, and without a socket
         # timeout redis-py writes directly instead of through wait_for(), which
@@ -389,6 +394,25 @@ class Link:
             error = cls(str(error))
         self._mark_stale()
         return error
+
+    def _pack(self, conn: AbstractConnection, commands: Sequence[Command]) -> Any:
+        """The wire form of ``commands``, from a small cache for one-command batches.
+
+        The hot path sends the same few commands again and again (a slot's
+        LMOVE, a release of one token from one slot), and packing them is a
+        good part of the client's CPU per acquisition.  Every connection of a
+        link encodes alike (one client), so the bytes can be reused.
+        """
+        if len(commands) != 1:
+            return conn.pack_commands([tuple(c) for c in commands])
+        key = tuple(commands[0])
+        packed = self._packed.get(key)
+        if packed is None:
+            packed = conn.pack_commands([key])
+            if len(self._packed) >= PACK_CACHE:
+                self._packed.clear()
+            self._packed[key] = packed
+        return packed
 
     def check(self, reply: Any) -> Any:
         """``reply``, or raise it if it is an error reply of a tolerant batch."""
