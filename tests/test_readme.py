@@ -16,7 +16,7 @@ README = (ROOT / "README.md").read_text()
 
 def scripts() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
-    return [b for b in blocks if "asyncio.run(" in b]
+    return [b for b in blocks if "asyncio.run(" in b or "redsync.sync" in b]
 
 
 def test_readme_examples_run_as_written(redis_url: str, unique_name: str) -> None:
@@ -24,7 +24,8 @@ def test_readme_examples_run_as_written(redis_url: str, unique_name: str) -> Non
     assert found, "the README has no runnable example"
     for source in found:
         # The same code, with the example's names made unique to this test.
-        for literal in re.findall(r'(?:create|attach|RedisEvent)\(client, "([^"]+)"', source):
+        pattern = r'(?:create|attach|RedisEvent|Event)\((?:client|REDIS_URL), "([^"]+)"'
+        for literal in re.findall(pattern, source):
             source = source.replace(f'"{literal}"', f'"{unique_name}-{literal}"')
         result = subprocess.run(
             [sys.executable, "-c", source],

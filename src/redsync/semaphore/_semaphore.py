@@ -157,7 +157,8 @@ class _RenewRequest:
 class _Holding:
     token: str
     slot: _Slot
-    owner: asyncio.Task[Any] | None = None
+    #: Who acquired it: a task, or a thread of the blocking facade.
+    owner: object = None
     lost: bool = False
     #: Its key in ``RedisSemaphore._held``: the token, unless it had to make room.
     key: str = ""
@@ -387,6 +388,11 @@ class RedisSemaphore:
         time runs out.  Cancelling the call at any point neither loses a
         permit nor leaves one held by nobody.
         """
+        await self._acquire_for(asyncio.current_task(), timeout)
+
+    async def _acquire_for(self, owner: object, timeout: float | None) -> None:
+        """:meth:`acquire` on behalf of ``owner`` (a task, or a thread of the
+        blocking facade): :meth:`release` prefers a permit of the same owner."""
         wait = _validate.timeout(timeout)
         while True:
             if wait == 0:
@@ -399,7 +405,7 @@ class RedisSemaphore:
                 token = await self._dispatcher.get(wait, lambda: self._timeout_error(timeout))
             holding = self._held.get(token)
             if holding is not None and not holding.lost:
-                holding.owner = asyncio.current_task()
+                holding.owner = owner
                 return
             # The lease of this token was found lost between the hand-off and
             # now: it is not ours to use.  Try again.
@@ -415,7 +421,11 @@ class RedisSemaphore:
         been taken back because its lease ran out.  The permit is returned
         exactly once even if this call is cancelled or the connection drops.
         """
-        holding = self._pick()
+        await self._release_for(asyncio.current_task())
+
+    async def _release_for(self, owner: object) -> None:
+        """:meth:`release`, preferring a permit that ``owner`` acquired."""
+        holding = self._pick(owner)
         if holding is None:
             raise RedisSemaphoreNotAcquiredError(
                 f"semaphore {self.name!r}: release() called, but this instance holds no "
@@ -630,8 +640,7 @@ class RedisSemaphore:
 
     # -- internals ------------------------------------------------------------
 
-    def _pick(self) -> _Holding | None:
-        current = asyncio.current_task()
+    def _pick(self, current: object) -> _Holding | None:
         fallback: _Holding | None = None
         for holding in reversed(self._held.values()):
             if holding.owner is current:

@@ -1,0 +1,322 @@
+"""Blocking twins of the primitives, for threads: Django views, Celery tasks, scripts.
+
+::
+
+    import redis
+    from redsync.sync import Semaphore
+
+    sem = Semaphore.create(redis.Redis(), "gpu", count=4)
+    with sem:
+        ...  # at most 4 holders across every process and thread
+    sem.close()
+
+They are a facade over the async classes, not a second implementation: every
+call runs on one private event loop thread per process (see ``_runner``), so
+every guarantee of :class:`redsync.RedisSemaphore` and
+:class:`redsync.RedisEvent` holds unchanged.  They take a blocking client
+(``redis.Redis``, a Sentinel ``master_for`` client, ``redis.cluster.RedisCluster``)
+or a URL, and build the async client they need from its settings.
+
+* **Ownership is per thread**: ``release()`` returns a permit the calling
+  thread acquired if it has one (any thread may release, as with
+  ``threading.Semaphore``).
+* **fork()**: a child gets a working object on its own connections and
+  holds nothing of its parent's (its ``release()`` raises NotAcquired).
+* Calling from inside a running event loop raises (use the async classes
+  there); lease-lost callbacks run on a worker thread, so they may call back.
+* Ctrl-C during a wait cancels it (nothing is taken) and raises
+  ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from ..event import EventStatistics, RedisEvent
+from ..semaphore import RedisSemaphore, SemaphoreInitStrategy, SemaphoreStatistics
+from . import _runner
+from ._clients import async_client
+
+__all__ = ["Event", "Semaphore"]
+
+T = TypeVar("T")
+
+
+class _Facade:
+    """What both facades share: the async half, rebuilt in a forked child."""
+
+    _what = "object"
+
+    def _init_facade(self, source: Any) -> None:
+        self._source = source
+        self._pid = -1
+        self._closed = False
+        self._client: Any = None
+        self._async: Any = None
+
+    async def _build(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def _bind(self) -> Any:
+        if self._pid != os.getpid():
+            # First use, or the first in a forked child: the parent's async half
+            # lives on a loop that does not exist here, and its holdings are the
+            # parent's.  Start over on this process's own connections.
+            if self._async is not None:  # the parent's: keep it, never finalize it here
+                _runner.orphans.append((self._async, self._client))
+            self._client = async_client(self._source)
+            self._async = await self._build()
+            self._pid = os.getpid()
+        return self._async
+
+    def _call(self, work: Callable[[Any], Coroutine[Any, Any, T]], what: str) -> T:
+        if self._closed and self._pid == os.getpid():
+            raise self._closed_error()
+
+        async def run() -> T:
+            return await work(await self._bind())
+
+        return _runner.call(run(), f"{type(self).__name__}.{what}()")
+
+    def _closed_error(self) -> Exception:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the async half and its client (idempotent)."""
+        if self._closed and self._pid == os.getpid():
+            return
+
+        async def close(obj: Any) -> None:
+            await obj.close()
+            await self._client.aclose()
+
+        try:
+            self._call(close, "close")
+        finally:
+            self._closed = True
+            _runner._open.discard(self)
+
+    def _close_quietly(self) -> None:
+        """At interpreter exit: close the async half and its client, bounded in time."""
+        if self._pid != os.getpid() or self._closed:
+            return
+
+        async def close(obj: Any) -> None:
+            await obj.close()
+            await self._client.aclose()
+
+        try:
+            self._call(lambda obj: asyncio.wait_for(close(obj), _runner.SETTLE), "close")
+        except Exception:
+            pass
+        self._closed = True
+
+
+class Semaphore(_Facade):
+    """The blocking twin of :class:`redsync.RedisSemaphore` (same methods, no ``await``)."""
+
+    name: str
+    _make: Callable[..., Any]
+    _kwargs: dict[str, Any]
+    _callbacks: list[Callable[[], object]]
+
+    def __init__(self, *_: object, **__: object) -> None:
+        raise TypeError("use Semaphore.create(...) or Semaphore.attach(...)")
+
+    @classmethod
+    def create(
+        cls,
+        redis_client: Any,
+        name: str,
+        *,
+        count: int = 1,
+        lease_ttl: float = 300.0,
+        semaphore_init_strategy: SemaphoreInitStrategy = SemaphoreInitStrategy.LUA,
+        key_prefix: str = "redsync:semaphore",
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
+    ) -> Semaphore:
+        """See :meth:`redsync.RedisSemaphore.create`."""
+        kwargs = dict(
+            count=count,
+            lease_ttl=lease_ttl,
+            semaphore_init_strategy=semaphore_init_strategy,
+            key_prefix=key_prefix,
+            replicas=replicas,
+            replica_timeout=replica_timeout,
+        )
+        return cls._start(redis_client, name, RedisSemaphore.create, kwargs)
+
+    @classmethod
+    def attach(
+        cls,
+        redis_client: Any,
+        name: str,
+        *,
+        timeout: float | None = 60.0,
+        lease_ttl: float = 300.0,
+        key_prefix: str = "redsync:semaphore",
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
+    ) -> Semaphore:
+        """See :meth:`redsync.RedisSemaphore.attach`."""
+        kwargs = dict(
+            timeout=timeout,
+            lease_ttl=lease_ttl,
+            key_prefix=key_prefix,
+            replicas=replicas,
+            replica_timeout=replica_timeout,
+        )
+        return cls._start(redis_client, name, RedisSemaphore.attach, kwargs)
+
+    @classmethod
+    def _start(
+        cls, source: Any, name: str, make: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> Semaphore:
+        self = cls.__new__(cls)
+        self._init_facade(source)
+        self.name = name
+        self._make = make
+        self._kwargs = kwargs
+        self._callbacks = []
+        try:
+            self._call(lambda sem: asyncio.sleep(0), "create")  # builds it: errors raise here
+        except BaseException:
+            client = self._client
+            if client is not None:
+                _runner.call(client.aclose(), "close")
+            raise
+        _runner._open.add(self)
+        return self
+
+    async def _build(self) -> RedisSemaphore:
+        sem: RedisSemaphore = await self._make(self._client, self.name, **self._kwargs)
+        for callback in self._callbacks:
+            sem.add_lease_lost_callback(_on_worker(callback))
+        return sem
+
+    def _closed_error(self) -> Exception:
+        from ..exceptions import RedisSemaphoreClosedError
+
+        return RedisSemaphoreClosedError(f"semaphore {self.name!r} is closed")
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take one permit (see :meth:`redsync.RedisSemaphore.acquire`), for this thread."""
+        owner = threading.current_thread()
+        self._call(lambda sem: sem._acquire_for(owner, timeout), "acquire")
+
+    def release(self) -> None:
+        """Return a permit, preferably one this thread acquired."""
+        owner = threading.current_thread()
+        self._call(lambda sem: sem._release_for(owner), "release")
+
+    def __enter__(self) -> Semaphore:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def locked(self) -> bool:
+        """True if threads of this process are waiting in :meth:`acquire`."""
+        return self._call(_locked, "locked")
+
+    def statistics(self) -> SemaphoreStatistics:
+        stats: SemaphoreStatistics = self._call(lambda sem: sem.statistics(), "statistics")
+        return stats
+
+    def get_count(self) -> int | None:
+        count: int | None = self._call(lambda sem: sem.get_count(), "get_count")
+        return count
+
+    def add_lease_lost_callback(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` (on a worker thread) when a permit held here is lost."""
+        self._callbacks.append(callback)
+        wrapped = _on_worker(callback)
+
+        async def add(sem: RedisSemaphore) -> None:
+            sem.add_lease_lost_callback(wrapped)
+
+        self._call(add, "add_lease_lost_callback")
+
+    def wait_lease_lost(self, timeout: float | None = None) -> bool:
+        """Block until a permit held here is found lost (True) or ``timeout`` passes (False)."""
+
+        async def wait(sem: RedisSemaphore) -> bool:
+            try:
+                await asyncio.wait_for(sem.wait_lease_lost(), timeout)
+            except asyncio.TimeoutError:
+                return False
+            return True
+
+        return self._call(wait, "wait_lease_lost")
+
+    @property
+    def instance_id(self) -> str:
+        return self._call(_instance_id, "instance_id")
+
+    def __repr__(self) -> str:
+        return f"<redsync.sync.Semaphore {self.name!r}{' closed' if self._closed else ''}>"
+
+
+class Event(_Facade):
+    """The blocking twin of :class:`redsync.RedisEvent` (no I/O until first used)."""
+
+    def __init__(self, redis_client: Any, name: str, *, key_prefix: str = "redsync:event") -> None:
+        from .._core import validate
+
+        self.name = validate.name(name)
+        self._key_prefix = validate.key_prefix(key_prefix)
+        self._init_facade(redis_client)
+        _runner._open.add(self)
+
+    async def _build(self) -> RedisEvent:
+        return RedisEvent(self._client, self.name, key_prefix=self._key_prefix)
+
+    def _closed_error(self) -> Exception:
+        from ..exceptions import RedisEventClosedError
+
+        return RedisEventClosedError(f"event {self.name!r} is closed")
+
+    def close(self) -> None:
+        if self._pid == -1:  # never used: nothing to close
+            self._closed = True
+            _runner._open.discard(self)
+            return
+        super().close()
+
+    def set(self) -> None:
+        self._call(lambda event: event.set(), "set")
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._call(lambda event: event.wait(timeout), "wait")
+
+    def clear(self) -> None:
+        self._call(lambda event: event.clear(), "clear")
+
+    def is_set(self) -> bool:
+        pending: bool = self._call(lambda event: event.is_set(), "is_set")
+        return pending
+
+    def statistics(self) -> EventStatistics:
+        stats: EventStatistics = self._call(lambda event: event.statistics(), "statistics")
+        return stats
+
+    def __repr__(self) -> str:
+        return f"<redsync.sync.Event {self.name!r}{' closed' if self._closed else ''}>"
+
+
+async def _locked(sem: RedisSemaphore) -> bool:
+    return sem.locked()
+
+
+async def _instance_id(sem: RedisSemaphore) -> str:
+    return sem.instance_id
+
+
+def _on_worker(callback: Callable[[], object]) -> Callable[[], None]:
+    return lambda: _runner.run_callback(callback)

@@ -1,0 +1,142 @@
+"""The blocking facade's engine: one private event loop on one thread per process.
+
+Every blocking call submits a coroutine to that loop and waits for it.  What
+breaks such facades, and what this does about it:
+
+* ``fork()``: the loop thread does not exist in the child.  The runner
+  remembers its pid; in a child, the next call starts a fresh loop thread
+  (facade objects rebuild their async halves there too, see ``Semaphore``).
+* A call from inside a running event loop would block that loop while it
+  waits: it raises at once and says to use the async classes.
+* A call from the loop thread itself (a lease-lost callback calling back
+  into the facade) would wait for itself for ever: callbacks run on a worker
+  thread instead, and a call from the loop thread raises.
+* Ctrl-C while waiting: ``KeyboardInterrupt`` cancels the coroutine, waits
+  until its cancellation has run (a cancelled acquire takes nothing), and is
+  raised again.
+* Interpreter shutdown: the loop thread is a daemon, stopped at exit after
+  the facade objects still open are closed (for at most a few seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: How long exit and a Ctrl-C wait for the loop to settle what was running.
+SETTLE = 5.0
+
+
+class Runner:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name="redsync-sync", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], what: str) -> T:
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError(
+                f"redsync.sync: {what} was called from redsync's own event-loop thread "
+                "(from inside a callback it runs); do the work elsewhere"
+            )
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            # Cancel the wait and let its cancellation run to the end (nothing
+            # is then taken), then let the interrupt through.
+            future.cancel()
+            concurrent.futures.wait([future], timeout=SETTLE)
+            raise
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(SETTLE)
+
+
+_lock = threading.Lock()
+_runner: Runner | None = None
+#: Open facade objects, closed at interpreter exit (each has ``_close_quietly``).
+_open: set[Any] = set()
+
+
+def runner() -> Runner:
+    """This process's runner (a new one in a forked child)."""
+    global _runner
+    with _lock:
+        if _runner is None or _runner.pid != os.getpid():
+            _open.clear()  # objects of the parent; theirs are not ours to close
+            _runner = Runner()
+        return _runner
+
+
+def call(coro: Coroutine[Any, Any, T], what: str) -> T:
+    """Run ``coro`` on the private loop and return its result, blocking."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coro.close()
+        raise RuntimeError(
+            f"redsync.sync: {what} blocks, and was called inside a running event loop; "
+            "use the async classes (redsync.RedisSemaphore, redsync.RedisEvent) there"
+        )
+    return runner().run(coro, what)
+
+
+def run_callback(fn: Any) -> None:
+    """Run a user callback on a worker thread: it may call back into the facade."""
+    threading.Thread(target=fn, name="redsync-callback", daemon=True).start()
+
+
+def _at_exit() -> None:
+    current = _runner
+    if current is None or current.pid != os.getpid() or not current.thread.is_alive():
+        return
+    for obj in list(_open):
+        try:
+            obj._close_quietly()
+        except Exception:
+            pass
+    current.stop()
+
+
+#: The parent's async objects, in a forked child: kept, never finalized here.
+orphans: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _runner
+    if _runner is not None:
+        # The parent's loop, copied into this process, still holds the parent's
+        # epoll descriptor, and an epoll instance is shared across fork():
+        # a connection of the parent finalized here would remove its socket
+        # from the *parent's* epoll set, and the parent's next read would
+        # hang for ever.  A closed loop touches nothing.
+        _runner.loop._closed = True  # type: ignore[attr-defined]
+    # Another thread of the parent may have held the lock when it forked.
+    _lock = threading.Lock()
+    _runner = None
+    _open.clear()
+
+
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
