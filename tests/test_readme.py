@@ -15,8 +15,17 @@ README = (ROOT / "README.md").read_text()
 
 
 def scripts() -> list[str]:
-    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    """The runnable examples of the README and of every page of the documentation site."""
+    texts = [README] + [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [b for text in texts for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
     return [b for b in blocks if "asyncio.run(" in b or "redsync.sync" in b]
+
+
+def test_the_documentation_site_runs_its_examples() -> None:
+    """Each page's examples are among those run (the migration page has its own)."""
+    migrating = (ROOT / "docs" / "migrating.md").read_text()
+    own = re.findall(r"```python\n(.*?)```", migrating, flags=re.S)
+    assert own and all(block in scripts() for block in own)
 
 
 def test_readme_examples_run_as_written(redis_url: str, unique_name: str) -> None:
