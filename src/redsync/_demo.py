@@ -16,6 +16,11 @@ from urllib.parse import urlsplit
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
+def redis_url(url: str | None = None) -> str:
+    """``url``, else ``$REDIS_URL``, else the default local server."""
+    return url or os.environ.get("REDIS_URL") or DEFAULT_URL
+
+
 def _answers(url: str) -> bool:
     parts = urlsplit(url)
     try:
@@ -73,7 +78,7 @@ def _throwaway_server(binary: str) -> tuple[str, subprocess.Popen[bytes], str]:
 
 
 def run(url: str | None, workers: int, count: int, rounds: int, hold: float) -> int:
-    url = url or os.environ.get("REDIS_URL") or DEFAULT_URL
+    url = redis_url(url)
     server = None
     if not _answers(url):
         binary = server_binary()

@@ -28,17 +28,24 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from ._demo import DEFAULT_URL, redis_url
+
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # usage errors exit 64 (EX_USAGE), not 2
         self.print_usage(sys.stderr)
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=None, help=f"Redis URL (default $REDIS_URL or {DEFAULT_URL})"
+    )
 
 
 def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -62,7 +69,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, default=None, help="seconds to wait for a permit")
     wait.add_argument("--nonblock", action="store_true", help="do not wait: one try")
     run.add_argument("--lease-ttl", type=float, default=30.0, help="lease in seconds (default 30)")
-    run.add_argument("--url", default=None, help=f"Redis URL (default $REDIS_URL or {DEFAULT_URL})")
+    _url_option(run)
     run.add_argument(
         "--conflict-exit-code", type=int, default=1, help="exit status when no permit (default 1)"
     )
@@ -79,7 +86,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("no command given: redsync run NAME [options] -- CMD ARGS...")
     if not 0 <= args.conflict_exit_code <= 255:
         parser.error(f"--conflict-exit-code must be 0 to 255, got {args.conflict_exit_code}")
-    url = args.url or os.environ.get("REDIS_URL") or DEFAULT_URL
+    url = redis_url(args.url)
     try:
         return asyncio.run(_run(args, url, command))
     except _Usage as exc:
@@ -256,9 +263,7 @@ def _give_terminal(fd: int, pgrp: int) -> bool:
 def add_status_parser(sub: Any) -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a semaphore: count, free permits, holders")
     status.add_argument("name")
-    status.add_argument(
-        "--url", default=None, help=f"Redis URL (default $REDIS_URL or {DEFAULT_URL})"
-    )
+    _url_option(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     return status  # type: ignore[no-any-return]
 
@@ -273,7 +278,7 @@ def status(args: argparse.Namespace) -> int:
     from .exceptions import RedisSemaphoreTimeoutError
     from .semaphore import RedisSemaphore
 
-    url = args.url or os.environ.get("REDIS_URL") or DEFAULT_URL
+    url = redis_url(args.url)
 
     async def look() -> dict[str, Any] | None:
         client = aioredis.Redis.from_url(url)

@@ -91,9 +91,6 @@ class Renewal:
         self.due = 0.0
         self.renewer.wake()
 
-    def start(self) -> None:
-        """Kept for symmetry with :meth:`stop`; registration already started it."""
-
     async def stop(self, grace: float = 0.5) -> None:
         """Never renew again; wait at most ``grace`` s for a tick in flight."""
         if self.stopped:
@@ -131,9 +128,8 @@ class Renewer:
         self._members: dict[Renewal, None] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
-        #: Round trips sent, and batches they carried (for tests and benchmarks).
+        #: Round trips sent (for tests and benchmarks).
         self.rounds = 0
-        self.batched = 0
 
     def add(self, owner: Renewable, period: float, what: str) -> Renewal:
         loop = asyncio.get_running_loop()
@@ -153,10 +149,6 @@ class Renewer:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    @property
-    def size(self) -> int:
-        return len(self._members)
-
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -169,8 +161,7 @@ class Renewer:
                     # falls due soon, so that every instance shares it.
                     due = [r for r in ready if r.due <= now + EARLY * (r.pace or r.period)]
                 if not due:
-                    idle = [r.due for r in self._members if not r._busy]
-                    await self._sleep(min(idle) - now if idle else 1.0)
+                    await self._sleep(min(r.due for r in ready) - now if ready else 1.0)
                     continue
                 for renewal in due:
                     renewal._busy = True
@@ -264,7 +255,6 @@ class Renewer:
             outcome = await items[0][1].link.pipeline(commands, tolerant=True)
             server_now = now_ms(outcome[0])
             self.rounds += 1
-            self.batched += len(items)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

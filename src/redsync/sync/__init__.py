@@ -89,28 +89,23 @@ class _Facade:
         """Close the async half and its client (idempotent)."""
         if self._closed and self._pid == os.getpid():
             return
-
-        async def close(obj: Any) -> None:
-            await obj.close()
-            await self._client.aclose()
-
         try:
-            self._call(close, "close")
+            self._call(self._shut, "close")
         finally:
             self._closed = True
             _runner._open.discard(self)
+
+    async def _shut(self, obj: Any) -> None:
+        """Close the async half ``obj`` and the client built for it."""
+        await obj.close()
+        await self._client.aclose()
 
     def _close_quietly(self) -> None:
         """At interpreter exit: close the async half and its client, bounded in time."""
         if self._pid != os.getpid() or self._closed:
             return
-
-        async def close(obj: Any) -> None:
-            await obj.close()
-            await self._client.aclose()
-
         try:
-            self._call(lambda obj: asyncio.wait_for(close(obj), _runner.SETTLE), "close")
+            self._call(lambda obj: asyncio.wait_for(self._shut(obj), _runner.SETTLE), "close")
         except Exception:
             pass
         self._closed = True
