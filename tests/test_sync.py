@@ -302,3 +302,48 @@ def test_a_sentinel_master_for_client(shared_sentinel: Any, unique_name: str) ->
     finally:
         sem.close()
         client.close()
+
+
+def test_many_facade_objects_share_one_client_and_few_connections(
+    private_server: Any, unique_name: str
+) -> None:
+    """Facade objects built from one blocking client share one async client (one
+    pool, a few kept connections), as the async classes do: 200 semaphores and
+    200 events cost a handful of connections, not 400."""
+    from redsync._core.link import MAX_KEPT
+
+    client = redis.Redis.from_url(private_server.url)
+    sems = [
+        Semaphore.create(client, f"{unique_name}-{i}", count=1, lease_ttl=5) for i in range(200)
+    ]
+    events = [Event(client, f"{unique_name}-{i}") for i in range(200)]
+    try:
+        for sem in sems:
+            with sem:
+                pass
+        for event in events:
+            event.set()
+            event.wait(timeout=5)
+        lines = [
+            line
+            for line in private_server.cli("CLIENT", "LIST").splitlines()
+            if line and "cmd=client|list" not in line
+        ]
+        assert len(lines) <= MAX_KEPT + 1, lines  # + the blocking client's own
+        assert sems[0].statistics().available == 1
+    finally:
+        for sem in sems:
+            sem.close()
+        for event in events:
+            event.close()
+        client.close()
+    # The last user closed the shared client: nothing is left connected.
+    wait_for(
+        lambda: (
+            not [
+                line
+                for line in private_server.cli("CLIENT", "LIST").splitlines()
+                if line and "cmd=client|list" not in line and "cmd=client|setinfo" not in line
+            ]
+        )
+    )

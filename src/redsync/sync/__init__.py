@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 from ..event import EventStatistics, RedisEvent
 from ..semaphore import RedisSemaphore, SemaphoreInitStrategy, SemaphoreStatistics
 from . import _runner
-from ._clients import async_client
 
 __all__ = ["Event", "Semaphore"]
 
@@ -68,8 +67,13 @@ class _Facade:
             # parent's.  Start over on this process's own connections.
             if self._async is not None:  # the parent's: keep it, never finalize it here
                 _runner.orphans.append((self._async, self._client))
-            self._client = async_client(self._source)
-            self._async = await self._build()
+            self._client = _runner.share_client(self._source)
+            try:
+                self._async = await self._build()
+            except BaseException:
+                self._client = self._async = None
+                await _runner.unshare_client(self._source)
+                raise
             self._pid = os.getpid()
         return self._async
 
@@ -98,7 +102,7 @@ class _Facade:
     async def _shut(self, obj: Any) -> None:
         """Close the async half ``obj`` and the client built for it."""
         await obj.close()
-        await self._client.aclose()
+        await _runner.unshare_client(self._source)
 
     def _close_quietly(self) -> None:
         """At interpreter exit: close the async half and its client, bounded in time."""
@@ -178,13 +182,8 @@ class Semaphore(_Facade):
         self._make = make
         self._kwargs = kwargs
         self._callbacks = []
-        try:
-            self._call(lambda sem: asyncio.sleep(0), "create")  # builds it: errors raise here
-        except BaseException:
-            client = self._client
-            if client is not None:
-                _runner.call(client.aclose(), "close")
-            raise
+        # Builds it: errors raise here (and _bind gives its share of the client back).
+        self._call(lambda sem: asyncio.sleep(0), "create")
         _runner._open.add(self)
         return self
 

@@ -80,3 +80,12 @@ def _cluster(client: Any) -> Any:
         if node_kwargs.get(key) is not None:
             kwargs[key] = node_kwargs[key]
     return RedisCluster(startup_nodes=nodes, **kwargs)
+
+
+async def close_client(client: Any) -> None:
+    """Close an async client from :func:`async_client`, with the pool built for it."""
+    if isinstance(client, aioredis.Redis):
+        # The pool was passed in (or made by from_url / master_for): close it too.
+        await client.aclose(close_connection_pool=True)
+    else:
+        await client.aclose()

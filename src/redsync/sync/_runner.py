@@ -28,6 +28,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ._clients import async_client, close_client
+
 T = TypeVar("T")
 
 #: How long exit and a Ctrl-C wait for the loop to settle what was running.
@@ -121,6 +123,38 @@ def _at_exit() -> None:
 
 #: The parent's async objects, in a forked child: kept, never finalized here.
 orphans: list[Any] = []
+#: One async client per source (a URL, or a blocking client object) and process,
+#: shared by every facade object built from it: [source, client, users].  So a
+#: thousand facade objects on one client share one pool and its few kept
+#: connections, as the async classes do.
+_shared: dict[object, list[Any]] = {}
+
+
+def _source_key(source: Any) -> object:
+    return ("url", source) if isinstance(source, str) else ("client", id(source))
+
+
+def share_client(source: Any) -> Any:
+    """The process's async client for ``source`` (on the loop thread), one more user."""
+    key = _source_key(source)
+    entry = _shared.get(key)
+    if entry is None:
+        # The source itself is kept in the entry, so its id is not reused meanwhile.
+        entry = _shared[key] = [source, async_client(source), 0]
+    entry[2] += 1
+    return entry[1]
+
+
+async def unshare_client(source: Any) -> None:
+    """One user fewer; the last one closes the client."""
+    key = _source_key(source)
+    entry = _shared.get(key)
+    if entry is None:
+        return
+    entry[2] -= 1
+    if entry[2] <= 0:
+        del _shared[key]
+        await close_client(entry[1])
 
 
 def _after_fork_in_child() -> None:
@@ -132,6 +166,8 @@ def _after_fork_in_child() -> None:
         # from the *parent's* epoll set, and the parent's next read would
         # hang for ever.  A closed loop touches nothing.
         _runner.loop._closed = True  # type: ignore[attr-defined]
+    orphans.extend(_shared.values())  # the parent's clients
+    _shared.clear()
     # Another thread of the parent may have held the lock when it forked.
     _lock = threading.Lock()
     _runner = None
