@@ -71,25 +71,25 @@ async def init_twice(ops: Ops, client: aioredis.Redis) -> Any:
 async def release_held(ops: Ops, client: aioredis.Redis) -> Any:
     await init(ops, client)
     await held(ops, client, "a.0", f"{GEN}:0")
-    return await ops.release(ops.slot_key("a.0"), f"{GEN}:0", GEN, TTL)
+    return await ops.release("a.0", f"{GEN}:0", GEN, TTL)
 
 
 async def release_twice(ops: Ops, client: aioredis.Redis) -> Any:
     await release_held(ops, client)
-    return await ops.release(ops.slot_key("a.0"), f"{GEN}:0", GEN, TTL)
+    return await ops.release("a.0", f"{GEN}:0", GEN, TTL)
 
 
 async def release_other_generation(ops: Ops, client: aioredis.Redis) -> Any:
     await init(ops, client)
     await held(ops, client, "a.0", f"{GEN}:0")
-    return await ops.release(ops.slot_key("a.0"), "old:0", "old", TTL)
+    return await ops.release("a.0", "old:0", "old", TTL)
 
 
 async def release_after_flush(ops: Ops, client: aioredis.Redis) -> Any:
     await init(ops, client)
     await held(ops, client, "a.0", f"{GEN}:0")
     await client.delete(ops.meta_key, ops.pool_key)
-    return await ops.release(ops.slot_key("a.0"), f"{GEN}:0", GEN, TTL)
+    return await ops.release("a.0", f"{GEN}:0", GEN, TTL)
 
 
 def _states(ops: Ops, spec: dict[str, list[str]]) -> list[SlotState]:

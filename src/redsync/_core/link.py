@@ -65,6 +65,10 @@ Command = Sequence[Any]
 Client: TypeAlias = "Redis | RedisCluster"
 
 
+#: A Lua line that stands for the fragment it names (see :class:`Script`).
+INCLUDE = "--@include "
+
+
 class Script:
     """A Lua script shipped in ``<package>/lua``, run by SHA with a fallback to EVAL."""
 
@@ -72,7 +76,16 @@ class Script:
 
     def __init__(self, package: str, name: str) -> None:
         self.name = f"{package}:{name}"
-        self.source = (resources.files(package) / "lua" / f"{name}.lua").read_text("utf-8")
+        folder = resources.files(package) / "lua"
+        lines = []
+        for line in (folder / f"{name}.lua").read_text("utf-8").splitlines(keepends=True):
+            if line.startswith(INCLUDE):
+                # A shared fragment (``_<part>.lua``), so a step that several
+                # scripts run is written once.
+                part = line[len(INCLUDE) :].strip()
+                line = (folder / f"_{part}.lua").read_text("utf-8")
+            lines.append(line)
+        self.source = "".join(lines)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 

@@ -23,7 +23,10 @@ R = TypeVar("R")
 
 SCRIPTS = {
     name: Script("redsync.semaphore", name)
-    for name in ("init", "release", "renew", "reclaim", "refill", "deregister")
+    for name in (
+        *("init", "release", "renew", "reclaim", "refill", "deregister"),
+        *("enqueue", "dequeue"),
+    )
 }
 
 
@@ -32,6 +35,9 @@ class SlotState:
     member: str
     key: str
     tokens: list[str]
+    #: "w": a task waits on this slot (keep its ticket queued), "d": drop its
+    #: ticket (a wait ended without an answer), "-": neither.
+    mode: str = "-"
 
 
 @dataclass
@@ -40,6 +46,8 @@ class RenewResult:
     stale_members: list[str] = field(default_factory=list)
     refill_due: bool = False
     slots: list[list[str]] = field(default_factory=list)
+    #: Waiting members whose ticket had been dropped and was queued again.
+    requeued: list[str] = field(default_factory=list)
     count: int = 0
     gen: str = ""
 
@@ -56,7 +64,7 @@ class SemaphoreOps(Protocol):
     def slot_key(self, member: str) -> str: ...
     async def init(self, count: int, ttl_ms: int, gen: str, strategy: str) -> Meta: ...
     async def meta(self) -> Meta | None: ...
-    async def release(self, slot_key: str, token: str, gen: str, ttl_ms: int) -> int: ...
+    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> int: ...
     async def renew(
         self,
         slots: Sequence[SlotState],
@@ -77,6 +85,10 @@ class _Base:
         self.meta_key = keys.key("meta")
         self.pool_key = keys.key("pool")
         self.holders_key = keys.key("holders")
+        self.waiters_key = keys.key("waiters")
+        self.handed_key = keys.key("handed")
+        #: The channel hand-offs are announced on (in the semaphore's slot).
+        self.channel = keys.key("wake")
         self._keys = keys
 
     def slot_key(self, member: str) -> str:
@@ -108,7 +120,8 @@ def renew_result(reply: Any) -> RenewResult:
         status,
         stale_members=_strings(reply[1]),
         refill_due=bool(int(reply[2])),
-        slots=[_strings(c) for c in reply[3:]],
+        requeued=_strings(reply[3]),
+        slots=[_strings(c) for c in reply[4:]],
     )
 
 
@@ -117,14 +130,42 @@ class LuaOps(_Base):
         return await self.link.script(SCRIPTS[name], keys, args)
 
     async def init(self, count: int, ttl_ms: int, gen: str, strategy: str) -> Meta:
-        reply = await self._run(
-            "init", [self.meta_key, self.pool_key, self.holders_key], [count, ttl_ms, gen, strategy]
-        )
+        keys = [self.meta_key, self.pool_key, self.holders_key, self.waiters_key, self.handed_key]
+        reply = await self._run("init", keys, [count, ttl_ms, gen, strategy])
         return Meta(int(reply[0]), text(reply[1]), text(reply[2]), bool(int(reply[3])))
 
-    async def release(self, slot_key: str, token: str, gen: str, ttl_ms: int) -> int:
-        keys = [self.meta_key, self.pool_key, slot_key]
-        return int(await self._run("release", keys, [token, gen, ttl_ms]))
+    def _shared(self) -> list[str]:
+        return [self.meta_key, self.pool_key, self.holders_key, self.waiters_key, self.handed_key]
+
+    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> int:
+        keys = [
+            self.meta_key,
+            self.pool_key,
+            self.slot_key(member),
+            self.holders_key,
+            self.waiters_key,
+            self.handed_key,
+        ]
+        args = [token, gen, ttl_ms, member, self.channel]
+        return int(await self._run("release", keys, args))
+
+    async def enqueue(self, member: str, gen: str, ttl_ms: int) -> tuple[int, str | None]:
+        """Take a permit into ``member``'s slot, or queue it as a waiter (see enqueue.lua)."""
+        keys = [
+            self.meta_key,
+            self.pool_key,
+            self.slot_key(member),
+            self.waiters_key,
+            self.handed_key,
+        ]
+        reply = await self._run("enqueue", keys, [member, gen, ttl_ms])
+        return int(reply[0]), (text(reply[1]) if len(reply) > 1 else None)
+
+    async def dequeue(self, member: str) -> str | None:
+        """Drop ``member``'s ticket; the token its slot got meanwhile, if any."""
+        keys = [self.waiters_key, self.handed_key, self.slot_key(member)]
+        reply = await self._run("dequeue", keys, [member])
+        return None if reply is None else text(reply)
 
     async def renew(
         self,
@@ -148,24 +189,25 @@ class LuaOps(_Base):
         recover_ms: int,
     ) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the renewal script (sent in shared batches)."""
-        keys = [self.meta_key, self.pool_key, self.holders_key, *(slot.key for slot in slots)]
+        keys = [*self._shared(), *(slot.key for slot in slots)]
         args: list[Any] = [ttl_ms, count, gen, strategy, recover_ms, len(slots)]
         for slot in slots:
-            args += [slot.member, len(slot.tokens), *slot.tokens]
+            args += [slot.member, slot.mode, len(slot.tokens), *slot.tokens]
         return keys, args
 
     async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int:
-        keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.slot_key, members)]
-        args = [ttl_ms, gen, len(members), *members, recovery_window_ms(ttl_ms)]
+        keys = [*self._shared(), *map(self.slot_key, members)]
+        args = [ttl_ms, gen, len(members), *members, recovery_window_ms(ttl_ms), self.channel]
         return int(await self._run("reclaim", keys, args))
 
     async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int:
-        keys = [self.meta_key, self.pool_key, self.holders_key, *map(self.slot_key, members)]
-        args = [ttl_ms, count, gen, len(members), *members, recovery_window_ms(ttl_ms)]
+        keys = [*self._shared(), *map(self.slot_key, members)]
+        window = recovery_window_ms(ttl_ms)
+        args = [ttl_ms, count, gen, len(members), *members, window, self.channel]
         return int(await self._run("refill", keys, args))
 
     async def deregister(self, members: Sequence[str]) -> int:
-        keys = [self.holders_key, *map(self.slot_key, members)]
+        keys = [self.holders_key, self.waiters_key, self.handed_key, *map(self.slot_key, members)]
         return int(await self._run("deregister", keys, list(members)))
 
 
@@ -214,7 +256,7 @@ class TxOps(_Base):
                 strat = text(found[2]) if found[2] else "lua"
                 return None, Meta(int(found[0]), text(found[1]), strat)
             writes: list[Command] = [
-                ("DEL", self.pool_key, self.holders_key),
+                ("DEL", self.pool_key, self.holders_key, self.waiters_key, self.handed_key),
                 ("RPUSH", self.pool_key, *_tokens(gen, count)),
                 ("HSET", self.meta_key, "count", count, "gen", gen, "strategy", strategy),
                 ("HSET", self.meta_key, "recover", 0),
@@ -225,7 +267,9 @@ class TxOps(_Base):
 
         return await self._tx([self.meta_key, self.pool_key, self.holders_key], body)
 
-    async def release(self, slot_key: str, token: str, gen: str, ttl_ms: int) -> int:
+    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> int:
+        slot_key = self.slot_key(member)
+
         async def body(read: Reader) -> tuple[list[Command] | None, int]:
             current, pos = await read([("HGET", self.meta_key, "gen"), ("LPOS", slot_key, token)])
             remove: list[Command] = [("LREM", slot_key, 1, token)]

@@ -726,7 +726,7 @@ class RedisSemaphore:
         gen = token.rsplit(":", 1)[0]
 
         async def release(ambiguous: bool) -> int:
-            result = await self._ops.release(slot.key, token, gen, self._ttl_ms)
+            result = await self._ops.release(slot.member, token, gen, self._ttl_ms)
             # The slot holds nothing else, so after a lost reply "not held"
             # means the earlier attempt went through.
             return 1 if ambiguous and result == 0 else result

@@ -1,5 +1,6 @@
 -- Create the semaphore if it does not exist, atomically; otherwise report it.
 -- KEYS[1] meta (hash)   KEYS[2] pool (list)   KEYS[3] holders (zset)
+-- KEYS[4] waiters (zset)   KEYS[5] handed (hash)
 -- ARGV[1] count   ARGV[2] ttl in ms   ARGV[3] generation id   ARGV[4] strategy
 -- Returns {count, generation, strategy, created (1 or 0)}.
 local meta = redis.call('HMGET', KEYS[1], 'count', 'gen', 'strategy')
@@ -10,7 +11,7 @@ local count = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 -- Leftovers of a semaphore whose metadata is gone belong to no generation
 -- anyone can still release into: start clean.
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 local batch = {}
 for i = 0, count - 1 do
   batch[#batch + 1] = ARGV[3] .. ':' .. i

@@ -1,13 +1,15 @@
 -- End the recovery window after the semaphore was re-established: mint the
 -- permits that no registered slot and no pool entry accounts for.
--- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] slot of member i
+-- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[4] waiters   KEYS[5] handed
+-- KEYS[5+i] slot of member i
 -- ARGV[1] ttl ms   ARGV[2] count   ARGV[3] generation   ARGV[4] n
 -- ARGV[4+i] member i (the caller lists every member of holders)
--- ARGV[5+n] recovery window ms (optional)
+-- ARGV[5+n] recovery window ms   ARGV[6+n] the semaphore's channel
 -- Returns the number minted, 0 if not in recovery or the window has not ended
 -- yet, -1 on another generation, -2 if the member list is out of date (list
 -- again and retry), -3 if a registered member has not renewed since the
 -- window opened (try again later: it may hold a permit it has yet to put back).
+--@include give
 local meta = redis.call('HMGET', KEYS[1], 'gen', 'recover')
 if meta[1] ~= ARGV[3] then
   return -1
@@ -26,6 +28,7 @@ end
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[4])
 local window = tonumber(ARGV[5 + n] or '0')
+local channel = ARGV[6 + n] or ''
 if redis.call('ZCARD', KEYS[3]) ~= n then
   return -2
 end
@@ -40,6 +43,9 @@ local present = {}
 for _, token in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   present[token] = true
 end
+for _, token in ipairs(redis.call('HVALS', KEYS[5])) do
+  present[token] = true
+end
 local waiting = false
 for i = 1, n do
   local score = redis.call('ZSCORE', KEYS[3], ARGV[4 + i])
@@ -49,7 +55,7 @@ for i = 1, n do
   if window > 0 and tonumber(score) < opened + ttl then
     waiting = true
   end
-  for _, token in ipairs(redis.call('LRANGE', KEYS[3 + i], 1, -1)) do
+  for _, token in ipairs(redis.call('LRANGE', KEYS[5 + i], 1, -1)) do
     present[token] = true
   end
 end
@@ -60,7 +66,7 @@ local minted = 0
 for i = 0, tonumber(ARGV[2]) - 1 do
   local token = ARGV[3] .. ':' .. i
   if not present[token] then
-    redis.call('RPUSH', KEYS[2], token)
+    give(KEYS[2], KEYS[3], KEYS[4], KEYS[5], channel, token, now, ttl)
     minted = minted + 1
   end
 end

@@ -1,11 +1,20 @@
--- Return one held permit to the pool, exactly once.
+-- Return one held permit exactly once: to the oldest live waiter, else to
+-- the pool.  The token is in the holder's slot list, or in the handed hash
+-- under the holder's member (it was handed over there).
 -- KEYS[1] meta   KEYS[2] pool   KEYS[3] the holder's slot (list)
+-- KEYS[4] holders   KEYS[5] waiters   KEYS[6] handed
 -- ARGV[1] token   ARGV[2] the token's generation   ARGV[3] ttl in ms
+-- ARGV[4] the holder's member   ARGV[5] the semaphore's channel
 -- Returns 1 released, 0 not held (reclaimed or already released),
 -- -1 the semaphore is gone (it is re-established without this token),
 -- -2 the semaphore now belongs to another generation.
+--@include give
 local gen = redis.call('HGET', KEYS[1], 'gen')
 local removed = redis.call('LREM', KEYS[3], 1, ARGV[1])
+if removed == 0 and redis.call('HGET', KEYS[6], ARGV[4]) == ARGV[1] then
+  redis.call('HDEL', KEYS[6], ARGV[4])
+  removed = 1
+end
 if not gen then
   return -1
 end
@@ -15,6 +24,7 @@ end
 if removed == 0 then
   return 0
 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+give(KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[5], ARGV[1], now, tonumber(ARGV[3]))
 return 1

@@ -1,12 +1,18 @@
 -- One renewal of one instance: renew the lease of its slots and the
 -- TTL of the shared keys, re-establish the semaphore if its keys vanished,
 -- and report what the instance must act on.
--- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[3+i] slot i
+-- KEYS[1] meta   KEYS[2] pool   KEYS[3] holders   KEYS[4] waiters   KEYS[5] handed
+-- KEYS[5+i] slot i
 -- ARGV[1] ttl ms   ARGV[2] count   ARGV[3] generation   ARGV[4] strategy
 -- ARGV[5] recovery window ms   ARGV[6] number of slots n
--- then for each slot: member, k, and the k tokens the instance holds on it.
--- Returns {status, stale members, refill due (0/1), contents of slot 1, ...}
--- where status is 'ok', 'restored' or 'stale' ({'stale', count, gen}).
+-- then for each slot: member, mode, k, and the k tokens the instance holds
+-- on it; mode 'w': a task waits on this slot (keep its ticket queued: queue
+-- it again if it was dropped, unless a token is there), 'd': drop any ticket
+-- (the wait ended without an answer), '-': nothing.
+-- Returns {status, stale members, refill due (0/1), members queued again,
+-- contents of slot 1, ...} where status is 'ok', 'restored' or 'stale'
+-- ({'stale', count, gen}).  A slot's content is its list (marker removed)
+-- and the token handed to its member, if any.
 local ttl = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -24,9 +30,11 @@ elseif meta[1] ~= ARGV[2] or meta[2] ~= ARGV[3] then
   -- instance holds is void.  Drop its slots and registrations.
   local idx = 7
   for i = 1, n do
-    redis.call('DEL', KEYS[3 + i])
+    redis.call('DEL', KEYS[5 + i])
     redis.call('ZREM', KEYS[3], ARGV[idx])
-    idx = idx + 2 + tonumber(ARGV[idx + 1])
+    redis.call('ZREM', KEYS[4], ARGV[idx])
+    redis.call('HDEL', KEYS[5], ARGV[idx])
+    idx = idx + 3 + tonumber(ARGV[idx + 2])
   end
   return {'stale', meta[1], meta[2]}
 end
@@ -41,12 +49,14 @@ if recover == 0 and redis.call('ZCARD', KEYS[3]) == 0
   redis.call('HSET', KEYS[1], 'recover', recover)
   status = 'restored'
 end
-local out = {status, {}, 0}
+local out = {status, {}, 0, {}}
 local idx = 7
 for i = 1, n do
-  local key = KEYS[3 + i]
+  local key = KEYS[5 + i]
   local member = ARGV[idx]
-  local k = tonumber(ARGV[idx + 1])
+  local mode = ARGV[idx + 1]
+  local k = tonumber(ARGV[idx + 2])
+  local handed = redis.call('HGET', KEYS[5], member)
   local head = redis.call('LINDEX', key, 0)
   if not head then
     -- A slot always starts with an empty marker element, so that it exists
@@ -65,8 +75,8 @@ for i = 1, n do
       -- Re-establishing after a loss: put back what this instance holds,
       -- unless the pool has it (a failover undid the move that took it).
       for j = 1, k do
-        local token = ARGV[idx + 1 + j]
-        if not redis.call('LPOS', KEYS[2], token) then
+        local token = ARGV[idx + 2 + j]
+        if not redis.call('LPOS', KEYS[2], token) and handed ~= token then
           redis.call('RPUSH', key, token)
         end
       end
@@ -76,9 +86,32 @@ for i = 1, n do
   end
   redis.call('ZADD', KEYS[3], now + ttl, member)
   redis.call('PEXPIRE', key, ttl)
-  out[3 + i] = redis.call('LRANGE', key, 1, -1)
-  idx = idx + 2 + k
+  local content = redis.call('LRANGE', key, 1, -1)
+  if mode == 'd' then
+    redis.call('ZREM', KEYS[4], member)
+  elseif mode == 'w' and not handed and #content == 0
+      and not redis.call('ZSCORE', KEYS[4], member) then
+    -- The ticket was dropped (its lease looked dead to a release while this
+    -- process stalled) or lost with the keys: take a free permit, or queue
+    -- again at the back.
+    local token = redis.call('LMOVE', KEYS[2], key, 'LEFT', 'RIGHT')
+    if token then
+      content[1] = token
+    else
+      local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+      redis.call('ZADD', KEYS[4], seq, member)
+      local queued = out[4]
+      queued[#queued + 1] = member
+    end
+  end
+  if handed then
+    content[#content + 1] = handed
+  end
+  out[4 + i] = content
+  idx = idx + 3 + k
 end
+redis.call('PEXPIRE', KEYS[4], ttl)
+redis.call('PEXPIRE', KEYS[5], ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
