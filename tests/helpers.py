@@ -22,7 +22,11 @@ async def keys_of(client: aioredis.Redis, name: str) -> list[str]:
 
 
 async def tokens(client: aioredis.Redis, name: str, prefix: str = PREFIX) -> dict[str, list[str]]:
-    """Where every permit token is: ``{"pool": [...], "<lane key>": [...]}``."""
+    """Where every permit token is: ``{"pool": [...], "<slot key>": [...]}``.
+
+    A token handed to a queued waiter (``handed[member]``) counts as being in
+    that member's slot, where its holder reports it.
+    """
     ks = keyspace(name, prefix)
     where: dict[str, list[str]] = {}
     pool = await client.lrange(ks.key("pool"), 0, -1)
@@ -34,6 +38,8 @@ async def tokens(client: aioredis.Redis, name: str, prefix: str = PREFIX) -> dic
                 continue  # the slot expired between SCAN and LRANGE
             assert items[0] == b"", f"slot {key} lacks its marker: {items!r}"
             where[key] = [t.decode() for t in items[1:]]
+    for member, token in (await client.hgetall(ks.key("handed"))).items():
+        where.setdefault(ks.key(f"slot:{member.decode()}"), []).append(token.decode())
     return where
 
 

@@ -191,7 +191,7 @@ async def test_waiters_at_close_get_the_closed_errors(
     waiter = asyncio.ensure_future(sem.acquire())
     event = RedisEvent(redis, unique_name)
     listener = asyncio.ensure_future(event.wait())
-    await wait_until(lambda: sem.locked() and event._dispatcher.waiting > 0, timeout=5)
+    await wait_until(lambda: sem.locked() and event._waiting > 0, timeout=5)
     await sem.close()
     await event.close()
     with pytest.raises(redsync.RedisSemaphoreClosedError, match="closed"):

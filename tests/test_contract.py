@@ -150,7 +150,7 @@ async def test_timeouts(subject: Subject, redis: Any, unique_name: str) -> None:
                 await subject.wait(mine, bad)  # type: ignore[arg-type]
         assert await subject.available(twin) == 0, "a failed wait took something"
         forever = asyncio.ensure_future(subject.wait(mine, None))
-        await wait_until(lambda: mine._dispatcher.waiting > 0, timeout=5)
+        await wait_until(lambda: mine._waiting > 0, timeout=5)
         assert not forever.done()
         await subject.let_one_through(twin)
         await asyncio.wait_for(forever, 10)
@@ -203,7 +203,7 @@ async def test_close_is_idempotent_and_fails_waiters(
     mine, twin = await _pair(subject, redis, unique_name)
     try:
         waiter = asyncio.ensure_future(subject.wait(mine, None))
-        await wait_until(lambda: mine._dispatcher.waiting > 0, timeout=5)
+        await wait_until(lambda: mine._waiting > 0, timeout=5)
         await mine.close()
         await mine.close()
         with pytest.raises(subject.closed_error, match="closed"):
@@ -227,7 +227,7 @@ async def test_statistics_shape(subject: Subject, redis: Any, unique_name: str) 
         assert stats.name == unique_name
         assert stats.tasks_waiting == 0
         waiter = asyncio.ensure_future(subject.wait(mine, None))
-        await wait_until(lambda: mine._dispatcher.waiting > 0, timeout=5)
+        await wait_until(lambda: mine._waiting > 0, timeout=5)
         assert (await mine.statistics()).tasks_waiting == 1
         await subject.let_one_through(twin)
         await asyncio.wait_for(waiter, 10)

@@ -362,7 +362,7 @@ async def test_cut_connections_under_blocked_waiters(
     await holder.acquire()
     await holder.acquire()
     tasks = [asyncio.ensure_future(waiting.acquire()) for _ in range(5)]
-    await wait_until(lambda: waiting._dispatcher.active_lanes == 2)
+    await wait_until(lambda: waiting._waiting == 5)
     for _ in range(3):
         fault_proxy.cut_all()
         await asyncio.sleep(0.05)
@@ -412,7 +412,7 @@ async def test_restart_of_a_non_persistent_server(
     await a.acquire()
     await a.acquire()
     waiter = asyncio.ensure_future(b.acquire())
-    await wait_until(lambda: b._dispatcher.active_lanes == 1)
+    await wait_until(lambda: b._waiting == 1)
     private_server.restart()  # every key is gone
     observer = redis_factory(private_server.url)
 
@@ -479,7 +479,7 @@ async def test_flushed_keys_are_re_established_by_live_instances(
     waiter = asyncio.ensure_future(b.acquire())
     await asyncio.wait_for(waiter, 5)
     second = asyncio.ensure_future(b.acquire())
-    await wait_until(lambda: b._dispatcher.active_lanes == 1)
+    await wait_until(lambda: b._waiting == 1)
     private_server.cli("FLUSHALL")
     observer = redis_factory(private_server.url)
 

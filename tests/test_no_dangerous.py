@@ -74,7 +74,7 @@ class Deployment:
 def _restrict(server: RedisServer, user: str, prefix: str) -> None:
     server.cli(
         "ACL", "SETUSER", user, "reset", "on", f">{PASSWORD}",
-        f"~{prefix}*", "resetchannels", "+@all", "-@dangerous",
+        f"~{prefix}*", "resetchannels", f"&{prefix}*", "+@all", "-@dangerous",
     )  # fmt: skip
     server.cli("ACL", "LOG", "RESET")
 
@@ -178,7 +178,11 @@ class Gate:
 
 
 async def lanes_are(primitive: RedisEvent | RedisSemaphore, op: str, n: int) -> bool:
+    """Waits parked on the server: blocked lanes, or a semaphore's queued waits
+    (and the steps that take them out of the queue)."""
     active = (await primitive.statistics()).lanes_active
+    if isinstance(primitive, RedisSemaphore):
+        active += len(primitive._waits) + len(primitive._tasks)
     return active >= n if op == ">=" else active == n
 
 

@@ -150,7 +150,7 @@ async def test_waiters_are_served_in_fifo_order(redis: aioredis.Redis, unique_na
     tasks = []
     for i in range(10):
         tasks.append(asyncio.ensure_future(waiter(i)))
-        await wait_until(lambda i=i: sem._dispatcher.waiting == i + 1)  # type: ignore[misc]
+        await wait_until(lambda i=i: sem._waiting == i + 1)  # type: ignore[misc]
     await sem.release()
     await asyncio.wait_for(asyncio.gather(*tasks), 20)
     assert order == list(range(10))
@@ -235,7 +235,7 @@ async def test_close_stops_waiters_and_is_idempotent(
     sem = await RedisSemaphore.create(redis, unique_name, count=1)
     await sem.acquire()
     waiter = asyncio.ensure_future(sem.acquire())
-    await wait_until(lambda: sem._dispatcher.active_lanes == 1)
+    await wait_until(lambda: sem._waiting == 1)
     started = time.perf_counter()
     await sem.close()
     await sem.close()
@@ -254,7 +254,7 @@ async def test_statistics_lists_holders_and_waiters(
     await a.acquire()
     await a.acquire()
     waiters = [asyncio.ensure_future(b.acquire()) for _ in range(3)]
-    await wait_until(lambda: b._dispatcher.waiting == 3)
+    await wait_until(lambda: b._waiting == 3)
     stats = await b.statistics()
     assert stats.count == 2 and stats.available == 0 and stats.tasks_waiting == 3
     assert [h.instance for h in stats.holders] == [a.instance_id]

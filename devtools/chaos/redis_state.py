@@ -109,14 +109,15 @@ class TokenPicture:
         }
 
 
-#: Reads the whole semaphore in one atomic step.  KEYS: meta, pool, holders, then
-#: slot keys found by SCAN; the slot of every registered member is read as well
-#: (same hash slot as the declared keys, so this also runs on a cluster node).
-#: Returns {meta, pool, members, {slot key, items}...}.
+#: Reads the whole semaphore in one atomic step.  KEYS: meta, pool, holders,
+#: handed, then slot keys found by SCAN; the slot of every registered member is
+#: read as well (same hash slot as the declared keys, so this also runs on a
+#: cluster node).  Returns {meta, pool, members, handed, {slot key, items}...}.
 _PICTURE_LUA = """
 local out = {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
 local members = redis.call('ZRANGE', KEYS[3], 0, -1)
 out[3] = members
+out[4] = redis.call('HGETALL', KEYS[4])
 local seen = {}
 local function slot(key)
   if not seen[key] then
@@ -124,7 +125,7 @@ local function slot(key)
     out[#out + 1] = {key, redis.call('LRANGE', key, 0, -1)}
   end
 end
-for i = 4, #KEYS do slot(KEYS[i]) end
+for i = 5, #KEYS do slot(KEYS[i]) end
 for _, m in ipairs(members) do slot(ARGV[1] .. m) end
 return out
 """
@@ -135,14 +136,17 @@ async def token_picture(client: Any, keys: Keys) -> TokenPicture:
     while it is read can neither be missed nor seen twice."""
     await to_master(client)
     found = [_text(key) async for key in client.scan_iter(match=keys.sem("slot:*"), count=1000)]
-    names = [keys.sem("meta"), keys.sem("pool"), keys.sem("holders"), *sorted(set(found))]
+    names = [
+        *(keys.sem(part) for part in ("meta", "pool", "holders", "handed")),
+        *sorted(set(found)),
+    ]
     reply = await client.eval(_PICTURE_LUA, len(names), *names, keys.sem("slot:"))
     pic = TokenPicture()
     flat_meta = [_text(v) for v in reply[0]]
     pic.meta = dict(zip(flat_meta[::2], flat_meta[1::2]))
     pic.pool = [_text(t) for t in reply[1]]
     pic.members = [_text(m) for m in reply[2]]
-    for key_raw, raw_items in reply[3:]:
+    for key_raw, raw_items in reply[4:]:
         key = _text(key_raw)
         items = [_text(t) for t in raw_items]
         if not items:
@@ -152,6 +156,10 @@ async def token_picture(client: Any, keys: Keys) -> TokenPicture:
             pic.slots[key] = items
         else:
             pic.slots[key] = items[1:]
+    # A token handed to a queued waiter is held in its member's slot.
+    flat_handed = [_text(v) for v in reply[3]]
+    for member, token in zip(flat_handed[::2], flat_handed[1::2]):
+        pic.slots.setdefault(keys.sem(f"slot:{member}"), []).append(token)
     return pic
 
 
@@ -169,6 +177,8 @@ async def instance_tokens(client: Any, keys: Keys, instance: str) -> int:
     for key in slot_keys:
         items = await client.lrange(key, 0, -1)
         tokens += sum(1 for item in items if _text(item) != "")
+    handed = await client.hkeys(keys.sem("handed"))
+    tokens += sum(1 for m in handed if _text(m).rsplit(".", 1)[0] == instance)
     return tokens
 
 

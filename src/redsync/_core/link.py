@@ -12,6 +12,7 @@ through :func:`retrying`, and only for operations built to be idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import weakref
@@ -122,6 +123,10 @@ PACK_CACHE = 64
 #: Most connections one process keeps checked out of one connection pool (per
 #: event loop) between operations, shared by every primitive instance using it.
 MAX_KEPT = 4
+#: Most short operations (one batch each) in flight on one pool per event loop:
+#: a burst of a thousand tasks queues here instead of opening a thousand
+#: connections (blocking lanes and transactions are not counted).
+MAX_SHORT = MAX_KEPT + 2
 
 
 class _Kept:
@@ -136,11 +141,12 @@ class _Kept:
     only 100).  They go back to the pool when the last instance closes.
     """
 
-    __slots__ = ("free", "users")
+    __slots__ = ("free", "short", "users")
 
     def __init__(self) -> None:
         self.free: list[AbstractConnection] = []
         self.users = 0
+        self.short = asyncio.Semaphore(MAX_SHORT)
 
 
 _KEPT: weakref.WeakKeyDictionary[
@@ -444,12 +450,18 @@ class Link:
         """Run one command on a borrowed connection."""
         return (await self.pipeline([command]))[0]
 
+    def _short(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A place among the pool's short operations in flight (see ``MAX_SHORT``)."""
+        kept = self._kept_list()
+        return kept.short if kept is not None else contextlib.nullcontext()
+
     async def pipeline(self, commands: Sequence[Command], *, tolerant: bool = False) -> list[Any]:
-        conn = await self.borrow()
-        try:
-            return await self.run(conn, commands, tolerant=tolerant)
-        finally:
-            await self.give_back(conn)
+        async with self._short():
+            conn = await self.borrow()
+            try:
+                return await self.run(conn, commands, tolerant=tolerant)
+            finally:
+                await self.give_back(conn)
 
     async def script(
         self,
@@ -459,19 +471,24 @@ class Link:
         conn: AbstractConnection | None = None,
     ) -> Any:
         """EVALSHA ``script``; on NOSCRIPT (a restarted or flushed server) send its source."""
-        own = conn is None
-        if conn is None:
+        if conn is not None:
+            return await self._script(script, keys, args, conn)
+        async with self._short():
             conn = await self.borrow()
-        try:
             try:
-                sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
-                return (await self.write(conn, [sha]))[0]
-            except rex.NoScriptError:
-                source = ("EVAL", script.source, len(keys), *keys, *args)
-                return (await self.write(conn, [source]))[0]
-        finally:
-            if own:
+                return await self._script(script, keys, args, conn)
+            finally:
                 await self.give_back(conn)
+
+    async def _script(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], conn: AbstractConnection
+    ) -> Any:
+        try:
+            sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            return (await self.write(conn, [sha]))[0]
+        except rex.NoScriptError:
+            source = ("EVAL", script.source, len(keys), *keys, *args)
+            return (await self.write(conn, [source]))[0]
 
     async def write(self, conn: AbstractConnection, commands: Sequence[Command]) -> list[Any]:
         """:meth:`run` for a batch that changes state: with ``replicas`` set, the

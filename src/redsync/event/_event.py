@@ -175,6 +175,11 @@ class RedisEvent:
         await self._unregister_lanes()
         await self._link.close()
 
+    @property
+    def _waiting(self) -> int:
+        """Tasks of this instance waiting for a signal."""
+        return self._dispatcher.waiting
+
     def __repr__(self) -> str:
         return f"<RedisEvent {self.name!r} waiting={self._dispatcher.waiting}>"
 

@@ -32,7 +32,8 @@ from redis import exceptions as rex
 
 from .._core import validate as _validate
 from .._core.keys import KeySpace
-from .._core.link import Client, Command, Link, now_ms, retrying, text
+from .._core.link import AMBIGUOUS, TRANSIENT, Client, Command, Link, now_ms, retrying, text
+from .._core.push import PushUnavailable, Subscription
 from .._core.renewal import Batch, renewer
 from .._core.waiting import Dispatcher, Lane
 from ..exceptions import (
@@ -71,6 +72,11 @@ MAX_LANES = 16
 MAX_BLOCK = 60.0
 #: How much longer than its server-side timeout a blocking read may take.
 READ_GRACE = 5.0
+#: Wait in the waiter queue, told by a notice (see ``_queue_get``), where the
+#: server and the user allow it; else on blocking connections.
+PUSH = True
+#: How long an acquisition retries a move whose connection failed.
+RETRY_BUDGET = 15.0
 
 
 class SemaphoreInitStrategy(str, enum.Enum):
@@ -135,10 +141,20 @@ class _Slot:
     epoch: int = 0
     #: Queued in ``RedisSemaphore._maybe_free``.
     queued: bool = False
+    #: A task waits on this slot's ticket in the semaphore's waiter queue.
+    waiting: bool = False
+    #: A ticket of this slot may still be queued: the next renewal drops it.
+    ticket: bool = False
 
     @property
     def free(self) -> bool:
-        return self.holding is None and not self.busy and not self.dirty and not self.releasing
+        return (
+            self.holding is None
+            and not self.busy
+            and not self.dirty
+            and not self.releasing
+            and not self.ticket
+        )
 
 
 @dataclass(eq=False)
@@ -275,6 +291,12 @@ class RedisSemaphore:
         self._leases_lost = 0
         self._lost_event = asyncio.Event()
         self._lost_callbacks: list[Callable[[], object]] = []
+        #: Push mode: the member of each slot a task waits on, and its future.
+        self._waits: dict[str, asyncio.Future[str | None]] = {}
+        self._by_member: dict[str, _Slot] = {}
+        self._sub: Subscription | None = None
+        #: Background steps (leaving the queue after a cancellation).
+        self._tasks: set[asyncio.Task[None]] = set()
         self._lean = (
             ("PEXPIRE", keys.key("meta"), self._ttl_ms),
             ("PEXPIRE", keys.key("pool"), self._ttl_ms),
@@ -402,7 +424,12 @@ class RedisSemaphore:
                 if token is None:
                     raise RedisSemaphoreTimeoutError(f"semaphore {self.name!r}: no permit was free")
             else:
-                token = await self._dispatcher.get(wait, lambda: self._timeout_error(timeout))
+                pushed = None
+                if self._push_mode():
+                    pushed = await self._queue_get(wait, lambda: self._timeout_error(timeout))
+                token = pushed or await self._dispatcher.get(
+                    wait, lambda: self._timeout_error(timeout)
+                )
             holding = self._held.get(token)
             if holding is not None and not holding.lost:
                 holding.owner = owner
@@ -458,7 +485,17 @@ class RedisSemaphore:
         if self._closed:
             return
         self._closed = True
+        for fut in self._waits.values():
+            if not fut.done():
+                fut.set_exception(self._closed_error())
         await self._dispatcher.close(grace=0.3)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+        if self._sub is not None:
+            try:
+                await asyncio.wait_for(self._sub.close(), 0.3)
+            except Exception as exc:  # the listener drops it with its connection
+                log.debug("unsubscribing %s failed: %r", self.name, exc)
         await self._renewal.stop(grace=0.3)
         # Slots of lanes stopped mid-move (close() closes blocked connections).
         cut = {slot for slot in self._slots if slot.dirty}
@@ -506,7 +543,7 @@ class RedisSemaphore:
 
     def locked(self) -> bool:
         """True if tasks of this instance are waiting (like asyncio.Semaphore.locked)."""
-        return self._dispatcher.waiting > 0
+        return self._dispatcher.waiting > 0 or bool(self._waits)
 
     async def statistics(self) -> SemaphoreStatistics:
         """Count, free permits, live holders with their remaining lease, and local state."""
@@ -517,10 +554,12 @@ class RedisSemaphore:
                     ("TIME",),
                     ("LLEN", self._keys.key("pool")),
                     ("ZRANGE", holders_key, 0, -1, "WITHSCORES"),
+                    ("HKEYS", self._keys.key("handed")),
                 ]
             ),
             what="semaphore statistics",
         )
+        handed = {text(m) for m in replies[3]}
         now = now_ms(replies[0])
         flat = replies[2]
         pairs: list[tuple[str, float]] = []
@@ -539,7 +578,7 @@ class RedisSemaphore:
             instance = member.rsplit(".", 1)[0]
             permits, remaining = per_instance.get(instance, (0, 0.0))
             per_instance[instance] = (
-                permits + max(0, int(length) - 1),
+                permits + max(0, int(length) - 1) + (member in handed),
                 max(remaining, (score - now) / 1000),
             )
         holders = tuple(HolderInfo(i, p, r) for i, (p, r) in sorted(per_instance.items()) if p > 0)
@@ -549,7 +588,7 @@ class RedisSemaphore:
             available=int(replies[1]),
             holders=holders,
             held_here=len(self._held),
-            tasks_waiting=self._dispatcher.waiting,
+            tasks_waiting=self._dispatcher.waiting + len(self._waits),
             lanes_active=self._dispatcher.active_lanes,
             leases_lost=self._leases_lost,
             replica_shortfalls=self._link.replica_shortfalls,
@@ -563,7 +602,8 @@ class RedisSemaphore:
     def __repr__(self) -> str:
         return (
             f"<RedisSemaphore {self.name!r} count={self._count} held_here={len(self._held)} "
-            f"waiting={self._dispatcher.waiting}{' closed' if self._closed else ''}>"
+            f"waiting={self._dispatcher.waiting + len(self._waits)}"
+            f"{' closed' if self._closed else ''}>"
         )
 
     # -- lanes (called by the dispatcher) -----------------------------------
@@ -638,6 +678,209 @@ class RedisSemaphore:
         else:
             await self._return(holding)
 
+    # -- waiting in the queue (push mode) --------------------------------------
+
+    @property
+    def _waiting(self) -> int:
+        """Tasks of this instance waiting for a permit (lanes or queue)."""
+        return self._dispatcher.waiting + len(self._waits)
+
+    def _push_mode(self) -> bool:
+        """Wait in the semaphore's waiter queue, told of hand-offs by a notice.
+
+        Needs scripts and channel rights; with ``replicas`` the lanes' WAIT
+        after each move keeps a hand-off durable, so lanes are used there too.
+        """
+        return (
+            PUSH
+            and isinstance(self._ops, LuaOps)
+            and not self._link.replicas
+            and (self._sub is None or self._sub.refused is None)
+        )
+
+    async def _queue_get(
+        self, wait: float | None, timeout_error: Callable[[], BaseException]
+    ) -> str | None:
+        """Take one permit through the waiter queue; None if push mode is unavailable.
+
+        The task's own slot is its ticket: ``enqueue.lua`` takes a free permit
+        into it or queues it, and a release hands the next permit straight
+        into it (``handed[member]``) and publishes a notice.  The slot stays
+        busy until the wait is settled, so no renewal mistakes what arrives
+        for an orphan; a wait that ends without a permit leaves the queue with
+        ``dequeue.lua``, which reports a permit handed over meanwhile.
+        """
+        assert isinstance(self._ops, LuaOps)
+        ops = self._ops
+        if self._sub is None:
+            self._sub = Subscription(self._link, ops.channel, self._pushed, self._gap)
+        sub = self._sub
+        loop = asyncio.get_running_loop()
+        deadline = None if wait is None else loop.time() + wait
+        give_up, delay = loop.time() + RETRY_BUDGET, 0.02
+        while True:
+            if self._closed:
+                raise self._closed_error()
+            slot = self._free_slot(unbounded=True)
+            assert slot is not None
+            slot.busy = True
+            try:
+                if not slot.registered or loop.time() - self._last_renew > self.lease_ttl / 2:
+                    await self._sync(slot)
+            except BaseException:
+                slot.busy = False
+                self._freed(slot)
+                raise
+            if not slot.registered:  # a new generation: start over
+                slot.busy = False
+                self._freed(slot)
+                continue
+            if not sub.active:
+                # Not subscribed (this instance has not had to wait lately):
+                # try the pool first, so an uncontended acquisition is one
+                # plain LMOVE and subscribes to nothing.  The pool holds
+                # tokens only while no live ticket waits, so this is FIFO.
+                slot.epoch += 1
+                try:
+                    (taken,) = await self._link.pipeline(
+                        [("LMOVE", ops.pool_key, slot.key, "LEFT", "RIGHT")]
+                    )
+                except BaseException as exc:
+                    # The move may have happened: the renewal this kicks adopts
+                    # what the slot holds (and hands it to the queue's head).
+                    self._abandon(slot)
+                    if not isinstance(exc, (*TRANSIENT, *AMBIGUOUS)) or loop.time() > give_up:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if taken is not None:
+                    slot.busy = False
+                    return self._hold(slot, text(taken)).token
+                try:
+                    await sub.start()  # before queueing: no notice can be missed
+                except PushUnavailable as exc:
+                    slot.busy = False
+                    self._freed(slot)
+                    log.info("semaphore %r: waiting on blocking connections (%s)", self.name, exc)
+                    return None
+                except BaseException:
+                    slot.busy = False
+                    self._freed(slot)
+                    raise
+            fut: asyncio.Future[str | None] = loop.create_future()
+            self._waits[slot.member] = fut
+            slot.waiting = True
+            slot.epoch += 1
+            member = slot.member
+            try:
+                status, token = await retrying(
+                    lambda _, member=member: ops.enqueue(member, self._gen, self._ttl_ms),  # type: ignore[misc]
+                    what="semaphore acquire",
+                )
+            except BaseException:
+                self._abandon(slot)
+                raise
+            if status < 0:
+                # Gone (-1), re-created (-2) or the slot expired (-3): a full
+                # renewal re-establishes, or drops what is stale; then again.
+                self._end_wait(slot)
+                slot.busy = False
+                slot.registered = False
+                self._freed(slot)
+                await self._renew()
+                continue
+            if status == 0:
+                timer = None if deadline is None else loop.call_at(deadline, _settle, fut, None)
+                try:
+                    token = await fut
+                except BaseException:
+                    self._spawn(self._leave(slot, keep=False))
+                    raise
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                if token is None:  # time is up: leave, unless a permit came meanwhile
+                    token = await self._leave(slot, keep=True)
+                    if token is None:
+                        raise timeout_error()
+            self._end_wait(slot)
+            slot.busy = False
+            assert token is not None
+            return self._hold(slot, token).token
+
+    def _end_wait(self, slot: _Slot) -> None:
+        slot.waiting = False
+        self._waits.pop(slot.member, None)
+
+    def _abandon(self, slot: _Slot) -> None:
+        """A wait ended in an unknown state: the next renewal drops its ticket
+        and adopts whatever its slot holds."""
+        self._end_wait(slot)
+        slot.busy = False
+        slot.dirty = slot.ticket = True
+        slot.epoch += 1
+        self._renewal.kick()
+
+    async def _leave(self, slot: _Slot, *, keep: bool) -> str | None:
+        """Leave the queue.  A permit handed over meanwhile is returned
+        (``keep``) or given back to the next waiter."""
+        self._end_wait(slot)
+        try:
+            token = await retrying(
+                lambda _: self._ops.dequeue(slot.member),  # type: ignore[attr-defined]
+                what="semaphore acquire",
+            )
+        except BaseException:
+            self._abandon(slot)
+            raise
+        if token is None:
+            slot.busy = False
+            self._freed(slot)
+            return None
+        if keep:
+            return str(token)
+        slot.busy = False
+        holding = self._hold(slot, token)
+        # Forgotten before the release is sent: its notice may reach another
+        # waiter of this instance before the release's own reply comes back.
+        del self._held[holding.key]
+        await self._return(holding)
+        return None
+
+    def _spawn(self, step: Awaitable[object]) -> None:
+        async def run() -> None:
+            try:
+                await step
+            except Exception as exc:  # the renewal settles it
+                log.debug("semaphore %r: leaving the queue failed: %r", self.name, exc)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _pushed(self, data: str) -> None:
+        """A notice ``<member> <token>``: a release handed ``token`` to ``member``."""
+        member, _, token = data.partition(" ")
+        _settle(self._waits.get(member), token)
+
+    def _gap(self) -> None:
+        """Notices may have been missed: look for permits handed to our waiters,
+        and renew at once (a restart lost the queue: the renewal queues again)."""
+        if self._waits:
+            self._spawn(self._look())
+            self._renewal.kick()
+
+    async def _look(self) -> None:
+        members = list(self._waits)
+        if not members:
+            return
+        handed_key = self._ops.handed_key  # type: ignore[attr-defined]
+        found = await self._link.call("HMGET", handed_key, *members)
+        for member, token in zip(members, found):
+            if token is not None:
+                _settle(self._waits.get(member), text(token))
+
     # -- internals ------------------------------------------------------------
 
     def _pick(self, current: object) -> _Holding | None:
@@ -649,7 +892,7 @@ class RedisSemaphore:
                 fallback = holding
         return fallback
 
-    def _free_slot(self) -> _Slot | None:
+    def _free_slot(self, unbounded: bool = False) -> _Slot | None:
         while self._maybe_free:
             slot = self._maybe_free.popleft()
             slot.queued = False
@@ -660,12 +903,14 @@ class RedisSemaphore:
         # reply before blocking for the next permit, so the server hands a
         # released permit over in one round trip.  Slots are created on demand
         # (and registered one by one, see _sync).
-        if len(self._slots) >= 2 * self._count + len(self._dispatcher.lanes):
+        # In push mode every waiting task has a slot of its own (a ticket).
+        if not unbounded and len(self._slots) >= 2 * self._count + len(self._dispatcher.lanes):
             return next((slot for slot in self._slots if slot.free), None)
         member = f"{self._instance}.{self._slot_seq}"
         self._slot_seq += 1
         slot = _Slot(member, self._ops.slot_key(member))
         self._slots.append(slot)
+        self._by_member[member] = slot
         return slot
 
     def _freed(self, slot: _Slot) -> None:
@@ -869,7 +1114,8 @@ class RedisSemaphore:
             tokens = [slot.holding.token] if slot.holding and not slot.holding.lost else []
             if slot.releasing:
                 tokens.append(slot.releasing)
-            states.append(SlotState(slot.member, slot.key, tokens))
+            mode = "w" if slot.waiting else "d" if slot.ticket else "-"
+            states.append(SlotState(slot.member, slot.key, tokens, mode))
         sent_at = asyncio.get_running_loop().time()
         return _RenewRequest(sent_at, slots, snapshot, states, only is not None)
 
@@ -902,10 +1148,16 @@ class RedisSemaphore:
             return
         if result.status == "restored":
             log.warning("semaphore %r: keys were missing; re-established them", self.name)
-        for slot, (epoch, busy, holding, releasing), contents in zip(
-            slots, request.snapshot, result.slots
+        for slot, (epoch, busy, holding, releasing), state, contents in zip(
+            slots, request.snapshot, request.states, result.slots
         ):
             slot.registered = True
+            if slot.epoch == epoch and state.mode == "w" and slot.waiting and contents:
+                # A hand-off whose notice never came (or a permit the
+                # renewal took for a dropped ticket): the waiter has it.
+                _settle(self._waits.get(slot.member), contents[0])
+            if slot.epoch == epoch and state.mode == "d":
+                slot.ticket = False
             if holding is not None and slot.holding is holding and holding.token not in contents:
                 self._mark_lost(holding)
             if (
@@ -926,6 +1178,13 @@ class RedisSemaphore:
                         log.error("slot %s holds more than one token: %s", slot.key, contents)
                 if slot.holding is None:
                     self._freed(slot)
+        epochs = {slot.member: snap[0] for slot, snap in zip(slots, request.snapshot)}
+        for member in result.requeued:
+            again = self._by_member.get(member)
+            if again is not None and not (again.waiting and again.epoch == epochs.get(member)):
+                # Queued again for a wait that ended meanwhile: drop it.
+                again.dirty = again.ticket = True
+                self._renewal.kick()
         if not request.partial:
             self._last_renew = request.sent_at
             self._full_due = False
@@ -953,6 +1212,8 @@ class RedisSemaphore:
             and not self._held
             and self._dispatcher.waiting == 0
             and self._dispatcher.active_lanes == 0
+            and not self._waits
+            and not self._tasks
             and all(slot.free and slot.registered for slot in self._slots)
         )
         self._quiet = self._quiet + 1 if quiet else 0
@@ -960,7 +1221,15 @@ class RedisSemaphore:
             return
         members = [slot.member for slot in self._slots]
         self._slots = []
+        self._by_member.clear()
         self._maybe_free.clear()
+        if self._sub is not None:
+            # Idle: no listener connection is kept for it.
+            sub, self._sub = self._sub, None
+            try:
+                await sub.close()
+            except Exception as exc:  # the listener drops it with its connection
+                log.debug("unsubscribing %s failed: %r", self.name, exc)
         try:
             await self._ops.deregister(members)
         except Exception as exc:  # the slots expire; survivors drop the registrations
@@ -982,3 +1251,8 @@ class RedisSemaphore:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _settle(fut: asyncio.Future[str | None] | None, value: str | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(value)

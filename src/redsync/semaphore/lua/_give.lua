@@ -6,6 +6,7 @@
 -- the way are dropped (their slots are reclaimed with their lease).
 -- Publishing uses pcall: a user without channel rights loses the notice,
 -- never the hand-off (the owner's renewal finds the token).
+-- ``now`` (server ms) may be nil: it is read when a ticket is met.
 -- Returns the member the token was handed to, or false (pooled).
 local function give(pool, holders, waiters, handed, channel, token, now, ttl)
   while true do
@@ -14,6 +15,10 @@ local function give(pool, holders, waiters, handed, channel, token, now, ttl)
       break
     end
     local member = head[1]
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
     local lease = redis.call('ZSCORE', holders, member)
     if lease and tonumber(lease) > now and redis.call('HEXISTS', handed, member) == 0 then
       redis.call('HSET', handed, member, token)

@@ -24,7 +24,5 @@ end
 if removed == 0 then
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-give(KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[5], ARGV[1], now, tonumber(ARGV[3]))
+give(KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[5], ARGV[1], nil, tonumber(ARGV[3]))
 return 1

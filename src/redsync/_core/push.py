@@ -1,0 +1,359 @@
+"""Hand-off notices: one subscribed connection per node and event loop.
+
+A primitive whose waiters queue in Redis learns that one of them was handed
+something from a message on its *channel* (a sharded channel in the
+primitive's hash slot, published by the script that did the hand-off).  Every
+primitive of every instance in the process shares one :class:`_Listener` per
+node (the client's pool, or one cluster node): one connection, one reader
+task, however many channels.
+
+A notice is only a shortcut.  What was handed already sits in Redis under
+the waiter's name, leased and renewed, so a lost notice costs latency, not a
+permit: a renewal finds it, and after the listener's connection broke (or
+the server dropped a subscription because its slot moved), every
+subscription is made again and its owner is told to look (``on_gap``).
+
+The connection is read by this module's own loop (``read_response`` with
+``push_request``), so RESP2 and RESP3 clients (redis-py 8 defaults to RESP3,
+where messages are push frames) and the async cluster client of redis-py 5.0,
+which has no pub/sub, all work alike.  One control command (SSUBSCRIBE,
+SUNSUBSCRIBE, PING) is in flight at a time, and its answer is the next frame
+that is not a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from redis import exceptions as rex
+from redis.asyncio.connection import AbstractConnection
+
+from .link import AMBIGUOUS, TRANSIENT, Link, _Pool, text
+
+__all__ = ["PushUnavailable", "Subscription"]
+
+log = logging.getLogger("redsync")
+
+#: How long a control command may wait for its answer.
+CONTROL_TIMEOUT = 5.0
+#: How often an idle listener checks that its connection still answers.
+PING_EVERY = 15.0
+#: How long subscribing retries after connection errors.
+JOIN_BUDGET = 15.0
+
+
+#: Failures after which subscribing is tried again.
+_RETRY: tuple[type[BaseException], ...] = (rex.ResponseError, *TRANSIENT, *AMBIGUOUS)
+
+
+class PushUnavailable(Exception):
+    """The server or the user cannot subscribe (no sharded pub/sub, no channel rights)."""
+
+
+class _Listener:
+    """One connection subscribed to every channel of this process on one node."""
+
+    def __init__(self, pool: _Pool, registry: dict[int, _Listener], key: int) -> None:
+        self._pool = pool
+        self._registry = registry
+        self.key = key
+        self._conn: AbstractConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._control = asyncio.Lock()
+        #: The answer the control command in flight waits for.
+        self._answer: asyncio.Future[Any] | None = None
+        self.channels: dict[str, set[Subscription]] = {}
+        #: Subscriptions sent and not yet confirmed.
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._dead = False
+
+    async def add(self, channel: str, sub: Subscription) -> None:
+        """Subscribe ``sub`` to ``channel``; returns once the server confirmed it."""
+        pending = self._pending.get(channel)
+        if pending is None and channel in self.channels:
+            self.channels[channel].add(sub)
+            return
+        if pending is None:
+            pending = asyncio.ensure_future(self._subscribe(channel))
+            self._pending[channel] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(channel, None))
+        await asyncio.shield(pending)
+        if self._dead:
+            raise rex.ConnectionError("hand-off listener closed")
+        self.channels.setdefault(channel, set()).add(sub)
+
+    async def _subscribe(self, channel: str) -> None:
+        reply = await self._command(("SSUBSCRIBE", channel))
+        if isinstance(reply, rex.ResponseError):
+            message = str(reply)
+            # redis-py strips the NOPERM code into the exception's class.
+            if isinstance(reply, rex.NoPermissionError) or message.lower().startswith(
+                ("noperm", "unknown command", "err unknown command")
+            ):
+                raise PushUnavailable(message)
+            raise reply
+        self.channels.setdefault(channel, set())
+
+    async def remove(self, channel: str, sub: Subscription) -> None:
+        subs = self.channels.get(channel)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if subs:
+            return
+        del self.channels[channel]
+        if not self.channels:
+            self._die()
+            return
+        try:
+            await self._command(("SUNSUBSCRIBE", channel))
+        except Exception as exc:  # the connection is gone: nothing stays subscribed
+            log.debug("unsubscribing %s failed: %r", channel, exc)
+
+    async def _command(self, command: tuple[Any, ...]) -> Any:
+        async with self._control:
+            if self._dead:
+                raise rex.ConnectionError("hand-off listener closed")
+            if self._conn is None:
+                conn = await self._pool.get()
+                self._conn = conn
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                conn.socket_timeout = None  # the reader waits as long as it takes
+                self._reader = asyncio.ensure_future(self._read(conn))
+                self._pinger = asyncio.ensure_future(self._ping())
+            loop = asyncio.get_running_loop()
+            self._answer = answer = loop.create_future()
+            try:
+                await self._conn.send_packed_command(
+                    self._conn.pack_command(*command), check_health=False
+                )
+                return await asyncio.wait_for(asyncio.shield(answer), CONTROL_TIMEOUT)
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    self._die()
+                raise
+            finally:
+                self._answer = None
+
+    async def _ping(self) -> None:
+        while not self._dead:
+            await asyncio.sleep(PING_EVERY)
+            try:
+                await self._command(("PING",))
+            except Exception:
+                return  # _command ended the listener
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        try:
+            while True:
+                try:
+                    frame = await conn.read_response(disable_decoding=True, push_request=True)
+                except rex.ResponseError as exc:
+                    self._resolve(exc)
+                    continue
+                if isinstance(frame, (list, tuple)) and frame:
+                    kind = text(frame[0]).lower()
+                    if kind in ("smessage", "message") and len(frame) >= 3:
+                        self._deliver(text(frame[1]), text(frame[2]))
+                        continue
+                    if kind == "sunsubscribe" and self._answer is None:
+                        # Not asked for: the server dropped it (its slot moved).
+                        self._dropped(text(frame[1]))
+                        continue
+                self._resolve(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._dead:
+                log.debug("hand-off listener lost its connection: %r", exc)
+        self._die()
+
+    def _resolve(self, frame: Any) -> None:
+        answer = self._answer
+        if answer is not None and not answer.done():
+            answer.set_result(frame)
+
+    def _deliver(self, channel: str, data: str) -> None:
+        for sub in list(self.channels.get(channel, ())):
+            try:
+                sub.on_message(data)
+            except Exception:  # pragma: no cover - a primitive's bug must not stop the reader
+                log.exception("hand-off notice handler failed")
+
+    def _dropped(self, channel: str) -> None:
+        for sub in self.channels.pop(channel, set()):
+            sub.lost()
+
+    def _die(self) -> None:
+        """Close the connection; every subscription on it subscribes again elsewhere."""
+        if self._dead:
+            return
+        self._dead = True
+        if self._registry.get(self.key) is self:
+            del self._registry[self.key]
+        answer = self._answer
+        if answer is not None and not answer.done():
+            answer.set_exception(rex.ConnectionError("hand-off listener closed"))
+        current = asyncio.current_task()
+        for task in (self._reader, self._pinger):
+            if task is not None and task is not current:
+                task.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            closing = asyncio.ensure_future(self._give_back(conn))
+            _CLOSING.add(closing)
+            closing.add_done_callback(_CLOSING.discard)
+        subs = [sub for group in self.channels.values() for sub in group]
+        self.channels = {}
+        for sub in subs:
+            sub.lost()
+
+    async def _give_back(self, conn: AbstractConnection) -> None:
+        try:
+            await conn.disconnect(nowait=True)
+        except Exception:  # pragma: no cover - closing a broken socket
+            pass
+        try:
+            await self._pool.put(conn)  # the pool reconnects it before lending it again
+        except Exception as exc:  # pragma: no cover - a closed pool
+            log.debug("returning the listener's connection failed: %r", exc)
+
+
+#: Connections of ended listeners on their way back to their pool.
+_CLOSING: set[asyncio.Future[None]] = set()
+#: Per loop: (node, prefix) -> why subscribing was refused there.
+_REFUSED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, str], str]] = (
+    weakref.WeakKeyDictionary()
+)
+_LISTENERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Listener]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _listener(link: Link) -> _Listener:
+    pool = await link._route()
+    key = id(pool.pool) if pool.node is None else id(pool.node)
+    registry = _LISTENERS.setdefault(asyncio.get_running_loop(), {})
+    found = registry.get(key)
+    if found is None:
+        found = registry[key] = _Listener(pool, registry, key)
+    return found
+
+
+class Subscription:
+    """One primitive instance's interest in its channel.
+
+    ``on_message(data)`` gets every message published on the channel;
+    ``on_gap()`` is called after the subscription was lost and made again
+    (messages may have been missed meanwhile: look for what was handed).
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        channel: str,
+        on_message: Callable[[str], None],
+        on_gap: Callable[[], None],
+    ) -> None:
+        self._link = link
+        self.channel = channel
+        self.on_message = on_message
+        self._on_gap = on_gap
+        self._listener: _Listener | None = None
+        self._joining: asyncio.Task[None] | None = None
+        self._rejoin: asyncio.Task[None] | None = None
+        self.refused: str | None = None
+        self._closed = False
+
+    @property
+    def active(self) -> bool:
+        return self._listener is not None
+
+    async def start(self) -> None:
+        """Subscribe (once; later calls wait for the first).  Raises
+        :class:`PushUnavailable` when the server or user cannot."""
+        if self.refused is not None:
+            raise PushUnavailable(self.refused)
+        if self._listener is not None:
+            return
+        if self._joining is None or self._joining.done():
+            self._joining = asyncio.ensure_future(self._join())
+        await asyncio.shield(self._joining)
+
+    async def _join(self) -> None:
+        loop = asyncio.get_running_loop()
+        give_up, delay = loop.time() + JOIN_BUDGET, 0.02
+        while True:
+            try:
+                await self._join_once()
+                return
+            except (*TRANSIENT, *AMBIGUOUS) as exc:
+                # A listener whose connection broke has left the registry:
+                # the next attempt opens a new one.
+                if loop.time() + delay > give_up:
+                    raise
+                log.debug("subscribing %s failed (%r); retrying", self.channel, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _join_once(self) -> None:
+        listener = await _listener(self._link)
+        # Channel rights follow the prefix: one refusal per prefix, node and
+        # loop, not one per instance (each refusal is an ACL LOG entry).
+        scope = (listener.key, self.channel.split("{", 1)[0])
+        refused = _REFUSED.setdefault(asyncio.get_running_loop(), {})
+        if scope in refused:
+            self.refused = refused[scope]
+            raise PushUnavailable(self.refused)
+        try:
+            await listener.add(self.channel, self)
+        except PushUnavailable as exc:
+            self.refused = refused[scope] = str(exc)
+            raise
+        except rex.ResponseError as exc:
+            # MOVED and the like (the slot map changed under us) come back as
+            # transient errors, retried by _join; anything else is raised.
+            raise self._link._classify(exc) from None
+        if self._closed:
+            await listener.remove(self.channel, self)
+            return
+        self._listener = listener
+
+    def lost(self) -> None:
+        """The listener lost this subscription: make it again, then report a gap."""
+        self._listener = None
+        self._link._mark_stale()
+        if self._closed or (self._rejoin is not None and not self._rejoin.done()):
+            return
+        self._rejoin = asyncio.ensure_future(self._again())
+
+    async def _again(self) -> None:
+        delay = 0.02
+        while not self._closed:
+            try:
+                await self.start()
+            except PushUnavailable:
+                self._on_gap()
+                return
+            except _RETRY as exc:
+                log.debug("re-subscribing %s failed: %r", self.channel, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self._on_gap()
+            return
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._rejoin,):
+            if task is not None:
+                task.cancel()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.remove(self.channel, self)

@@ -1,0 +1,294 @@
+"""Waiting in the semaphore's waiter queue: constant connections, and what a
+lost notice, a killed listener, a killed waiter or missing channel rights do.
+
+A waiting acquisition queues a ticket in Redis; a release hands the permit
+straight into the head ticket's name (``handed``) and publishes a notice on
+the semaphore's channel, which one connection per process and node listens
+to.  The notice is only a shortcut: each test here takes it away in one way
+and checks that the permit still arrives, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from devtools import wait_until
+from devtools.servers import RedisServer
+
+from helpers import assert_permits, keyspace
+from redsync import RedisSemaphore
+
+HOLDER = str(Path(__file__).parent / "workers" / "holder.py")
+
+
+def connections_named(server: RedisServer, name: str) -> list[dict[str, str]]:
+    found = []
+    for line in server.cli("CLIENT", "LIST").splitlines():
+        fields = dict(re.findall(r"(\S+?)=(\S*)", line))
+        if fields.get("name") == name:
+            found.append(fields)
+    return found
+
+
+async def queued(client: aioredis.Redis, name: str) -> int:
+    return int(await client.zcard(keyspace(name).key("waiters")))
+
+
+async def drain(holders: list[RedisSemaphore], tasks: list[asyncio.Future[None]]) -> float:
+    started = time.perf_counter()
+    for holder in holders:
+        await holder.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    return time.perf_counter() - started
+
+
+async def test_a_thousand_waiting_instances_use_at_most_eight_connections(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    """One holder and 1,000 waiter instances of one semaphore on one default client
+    (a pool of 100 on redis-py 8; each instance used to block a connection)."""
+    name = f"waiters-{unique_name}"
+    client = redis_factory(private_server.url, client_name=name)
+    observer = redis_factory(private_server.url)
+    holder = await RedisSemaphore.create(client, unique_name, count=1)
+    waiters = [await RedisSemaphore.attach(client, unique_name) for _ in range(1000)]
+    await holder.acquire()
+    inside = peak = passed = 0
+
+    async def wait(sem: RedisSemaphore) -> None:
+        nonlocal inside, peak, passed
+        async with sem:
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0)
+            inside -= 1
+            passed += 1
+
+    tasks = [asyncio.ensure_future(wait(sem)) for sem in waiters]
+    try:
+        await wait_until(lambda: queued(observer, unique_name), timeout=30)
+        await wait_until(lambda: sum(s._waiting for s in waiters) == 1000, timeout=30)
+
+        async def all_queued() -> bool:
+            return await queued(observer, unique_name) == 1000
+
+        await wait_until(all_queued, timeout=60)
+        conns = connections_named(private_server, name)
+        print(f"\n1 holder + 1,000 waiting instances: {len(conns)} connections")
+        assert len(conns) <= 8, conns
+        assert not any(c.get("cmd", "").startswith("bl") for c in conns), conns
+        took = await drain([holder], tasks)
+        print(f"drained 1,000 waiters in {took:.2f} s")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert passed == 1000 and peak == 1
+    assert len(connections_named(private_server, name)) <= 8
+    for sem in [holder, *waiters]:
+        await sem.close()
+    await assert_permits(observer, unique_name, 1, free=1)
+
+
+async def test_five_hundred_semaphores_with_four_waiters_each_use_at_most_sixteen(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    """500 semaphores, each with 1 holder and 4 waiter instances (2,500 instances):
+    waiting on 500 keys cannot be multiplexed by blocking reads, but the queue can."""
+    name = f"many-{unique_name}"
+    client = redis_factory(private_server.url, client_name=name)
+    observer = redis_factory(private_server.url)
+    names = [f"{unique_name}-{i}" for i in range(500)]
+    holders = [await RedisSemaphore.create(client, n, count=1) for n in names]
+    waiters = [await RedisSemaphore.attach(client, n) for n in names for _ in range(4)]
+    for holder in holders:
+        await holder.acquire()
+    passed = 0
+
+    async def wait(sem: RedisSemaphore) -> None:
+        nonlocal passed
+        async with sem:
+            passed += 1
+
+    tasks = [asyncio.ensure_future(wait(sem)) for sem in waiters]
+    try:
+
+        async def all_queued() -> bool:
+            total = 0
+            for n in names[::50]:
+                total += await queued(observer, n)
+            return total == 40
+
+        await wait_until(lambda: sum(s._waiting for s in waiters) == 2000, timeout=60)
+        await wait_until(all_queued, timeout=60)
+        conns = connections_named(private_server, name)
+        print(f"\n500 semaphores x (1 holder + 4 waiters): {len(conns)} connections")
+        assert len(conns) <= 16, conns
+        took = await drain(holders, tasks)
+        print(f"drained 2,000 waiters on 500 semaphores in {took:.2f} s")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert passed == 2000
+    for sem in [*holders, *waiters]:
+        await sem.close()
+    for n in names[::100]:
+        await assert_permits(observer, n, 1, free=1)
+
+
+async def test_a_lost_notice_costs_latency_not_the_permit(
+    redis_factory: Callable[..., aioredis.Redis],
+    redis: aioredis.Redis,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every notice is dropped: the waiter's renewal finds the handed permit."""
+    ttl = 1.5
+    holder = await RedisSemaphore.create(redis, unique_name, count=1, lease_ttl=ttl)
+    waiter = await RedisSemaphore.attach(redis_factory(), unique_name, lease_ttl=ttl)
+    monkeypatch.setattr(waiter, "_pushed", lambda data: None)
+    await holder.acquire()
+    task = asyncio.ensure_future(waiter.acquire())
+    await wait_until(lambda: queued(redis, unique_name), timeout=5)
+    await holder.release()
+    handed = await redis.hgetall(keyspace(unique_name).key("handed"))
+    assert list(handed.values()) != [], "the release handed the permit to the queued waiter"
+    started = time.perf_counter()
+    await asyncio.wait_for(task, ttl)  # a renewal period is ttl/3 (at most 1.1 of it)
+    print(f"\nfound by the renewal after {time.perf_counter() - started:.2f} s")
+    await assert_permits(redis, unique_name, 1, free=0)
+    assert (await waiter.statistics()).held_here == 1
+    await waiter.release()
+    await assert_permits(redis, unique_name, 1, free=1)
+    await holder.close()
+    await waiter.close()
+
+
+async def test_a_killed_listener_connection_loses_no_hand_off(
+    redis_factory: Callable[..., aioredis.Redis],
+    redis: aioredis.Redis,
+    unique_name: str,
+) -> None:
+    """The listening connection is killed just before the release: the notice is
+    published to nobody, and the re-subscription looks for what was handed."""
+    name = f"listener-{unique_name}"
+    holder = await RedisSemaphore.create(redis, unique_name, count=1, lease_ttl=60)
+    waiter = await RedisSemaphore.attach(redis_factory(client_name=name), unique_name, lease_ttl=60)
+    await holder.acquire()
+    for _ in range(3):
+        task = asyncio.ensure_future(waiter.acquire())
+        await wait_until(lambda: queued(redis, unique_name), timeout=5)
+        listening = [
+            c
+            for c in await redis.client_list()
+            if c.get("name") == name and int(c.get("ssub", 0) or 0) > 0
+        ]
+        assert len(listening) == 1, listening
+        await redis.client_kill_filter(_id=listening[0]["id"])
+        await holder.release()
+        # Renewals run every 20 s here: only the re-subscription can be this quick.
+        await asyncio.wait_for(task, 5)
+        await assert_permits(redis, unique_name, 1, free=0)
+        await waiter.release()
+        await holder.acquire(timeout=5)
+    await holder.release()
+    await assert_permits(redis, unique_name, 1, free=1)
+    await holder.close()
+    await waiter.close()
+
+
+async def test_a_permit_handed_to_a_killed_waiter_goes_on_after_its_lease(
+    redis_url: str, redis: aioredis.Redis, unique_name: str
+) -> None:
+    """A waiter process is SIGKILLed while queued; the release hands the permit to
+    its ticket (its lease is still live), and the reclaim hands it on."""
+    ttl = 1.0
+    holder = await RedisSemaphore.create(redis, unique_name, count=1, lease_ttl=ttl)
+    await holder.acquire()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before any waiting
+        [sys.executable, HOLDER, redis_url, unique_name, "1", str(ttl), "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    survivor = await RedisSemaphore.attach(redis, unique_name, lease_ttl=ttl)
+    try:
+        await wait_until(lambda: queued(redis, unique_name), timeout=20)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        task = asyncio.ensure_future(survivor.acquire())
+
+        async def both_queued() -> bool:
+            return await queued(redis, unique_name) == 2
+
+        await wait_until(both_queued, timeout=5)
+        await holder.release()
+        handed = {
+            k.decode(): v.decode()
+            for k, v in (await redis.hgetall(keyspace(unique_name).key("handed"))).items()
+        }
+        assert len(handed) == 1, handed
+        assert not next(iter(handed)).startswith(survivor.instance_id), "handed to the dead one"
+        started = time.perf_counter()
+        await asyncio.wait_for(task, 10)
+        took = time.perf_counter() - started
+        # The dead ticket's lease runs out within ttl; a survivor's renewal
+        # reclaims it within a period (ttl/3, at most 1.1 of it) after that.
+        assert took <= ttl + ttl / 3 * 1.1 + 0.5, took
+        await assert_permits(redis, unique_name, 1, free=0)
+        await survivor.release()
+        await assert_permits(redis, unique_name, 1, free=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        await holder.close()
+        await survivor.close()
+
+
+async def test_without_channel_rights_waiters_use_blocking_connections(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    """A user refused channels (Redis 7's default ``resetchannels``) still waits
+    and is handed permits, on blocking connections; the one refused
+    subscription per process is the only ACL LOG entry."""
+    password = "no-channels"
+    private_server.cli(
+        "ACL", "SETUSER", "nochan", "reset", "on", f">{password}",
+        "~*", "resetchannels", "+@all", "-@dangerous",
+    )  # fmt: skip
+    private_server.cli("ACL", "LOG", "RESET")
+    url = private_server.url.replace("redis://", f"redis://nochan:{password}@", 1)
+    holder = await RedisSemaphore.create(redis_factory(url), unique_name, count=1)
+    waiters = [await RedisSemaphore.attach(redis_factory(url), unique_name) for _ in range(3)]
+    await holder.acquire()
+    tasks = [asyncio.ensure_future(w.acquire()) for w in waiters]
+    await wait_until(lambda: all(w._sub is not None and w._sub.refused for w in waiters), 5)
+
+    async def blocked() -> bool:
+        active = [(await w.statistics()).lanes_active for w in waiters]
+        return sum(active) == 3
+
+    await wait_until(blocked, timeout=5)
+    await holder.release()
+    pending = set(tasks)
+    while pending:  # each waiter in turn is handed the permit and passes it on
+        done, pending = await asyncio.wait(pending, timeout=5, return_when="FIRST_COMPLETED")
+        assert len(done) == 1, (done, pending)
+        await waiters[tasks.index(done.pop())].release()
+    log = private_server.cli("ACL", "LOG")
+    reasons = set(re.findall(r"^reason\n(\w+)$", log, re.M))
+    assert reasons <= {"channel"}, log
+    for sem in [holder, *waiters]:
+        await sem.close()
+    await assert_permits(redis_factory(private_server.url), unique_name, 1, free=1)
