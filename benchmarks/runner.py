@@ -47,6 +47,10 @@ class Plan:
     idle_semaphores: int = 1000
     idle_ttl: float = 3.0
     idle_window: float = 6.0
+    #: (semaphores, waiter instances each): every waiting task its own instance.
+    instances: tuple[tuple[int, int], ...] = ((1, 1000), (500, 4))
+    #: Permits of the semaphore one instance takes entirely (0: skip the case).
+    permits: int = 4096
     floor_ops: int = 5000
     rb_requests: int = 20000
     #: Lease (or lock expiry) for every case but crash recovery: the libraries' default.
@@ -76,6 +80,8 @@ SMOKE = Plan(
     crash_ttls=(1.0,),
     idle_semaphores=100,
     idle_window=1.6,
+    instances=((1, 50), (20, 4)),
+    permits=256,
     floor_ops=300,
     rb_requests=1000,
     extra_libs=("ours", "rs2"),
@@ -320,6 +326,34 @@ def plan_jobs(plan: Plan, libs: Sequence[str], port: int, repeat: int) -> list[J
                         idle_ttl=plan.idle_ttl,
                         window=plan.idle_window,
                     ),
+                )
+                for lib in extra
+                if lib in ("ours", "rs2")
+            ]
+        )
+    for semaphores, waiters in plan.instances:
+        groups.append(
+            [
+                Job(
+                    "instances",
+                    {"semaphores": semaphores, "waiters": waiters},
+                    lib,
+                    "single",
+                    spec("instances", lib, semaphores=semaphores, waiters=waiters),
+                )
+                for lib in extra
+                if lib in ("ours", "rs2")
+            ]
+        )
+    if plan.permits:
+        groups.append(
+            [
+                Job(
+                    "permits",
+                    {"permits": plan.permits},
+                    lib,
+                    "single",
+                    spec("permits", lib, permits=plan.permits),
                 )
                 for lib in extra
                 if lib in ("ours", "rs2")
@@ -572,6 +606,15 @@ def _progress(job: Job, result: dict[str, Any], elapsed: float) -> None:
         summary = (
             f"{result['commands_per_s']:.0f} cmd/s, {result['connections']} conns, "
             f"{result['tasks']} tasks"
+        )
+    elif job.case == "instances":
+        summary = (
+            f"{result['instances']} instances, {result['connections']} conns, "
+            f"drain {result['drain']:.3f} s"
+        )
+    elif job.case == "permits":
+        summary = (
+            f"total {result['total']:.2f} s, last/first quarter {result['growth']:.2f}"
         )
     elif job.case == "crash":
         summary = (

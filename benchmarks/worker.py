@@ -438,6 +438,138 @@ async def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- case 4c: many instances, many semaphores ----------------------------------------------
+
+
+async def _quiet(probe_: Probe, settle: float = 0.25, cap: float = 30.0) -> None:
+    """Return once the server has seen no command for ``settle`` s (every waiter queued)."""
+    deadline = time.perf_counter() + cap
+    last = sum((await probe_.commandstats()).values())
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(settle)
+        now = sum((await probe_.commandstats()).values())
+        if now == last:
+            return
+        last = now
+    raise RuntimeError(f"the waiters never settled within {cap} s")
+
+
+async def run_instances(spec: dict[str, Any]) -> dict[str, Any]:
+    """``semaphores`` semaphores, each with 1 holder and ``waiters`` waiter instances
+    (one instance per waiting task, as 2.0.0 code is written), all in one process:
+    connections while everyone waits, and the drain after every holder released."""
+    from redsync import RedisSemaphore
+
+    n, w = int(spec["semaphores"]), int(spec["waiters"])
+    # 2.0.0 gets the pool it needs; ours runs on a default-sized client (100).
+    pool = n * (w + 1) + 16 if spec["lib"] == "rs2" else 100
+    client = async_client(spec["port"], "bench-instances", pool)
+    holder_client = async_client(spec["port"], "bench-holders", n + 16)
+    probe_ = Probe(spec["port"])
+    names = [f"{spec['name']}:{i}" for i in range(n)]
+    holders: list[Any] = []
+    sems: list[Any] = []
+    try:
+        for name in names:
+            holder = await RedisSemaphore.create(holder_client, name, count=1, lease_ttl=30.0)
+            await holder.acquire()
+            holders.append(holder)
+        for name in names:
+            for _ in range(w):
+                sems.append(await RedisSemaphore.create(client, name, count=1, lease_ttl=30.0))
+        done: list[float] = []
+
+        async def wait(sem: Any) -> None:
+            await sem.acquire()
+            await sem.release()
+            done.append(time.perf_counter())
+
+        tasks = [asyncio.ensure_future(wait(s)) for s in sems]
+        await _quiet(probe_)
+        connections = await probe_.connections("bench-instances")
+        waiting_now = sum(1 for t in tasks if not t.done())
+        released_at = time.perf_counter()
+        await asyncio.gather(*(h.release() for h in holders))
+        drain_cap = float(spec.get("drain_cap", 60.0))
+        _, pending = await asyncio.wait(tasks, timeout=drain_cap)
+        gave_up = time.perf_counter()
+        for task in pending:
+            task.cancel()
+        errors = [repr(t.exception()) for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    finally:
+        for sem in sems + holders:
+            try:
+                await sem.close()
+            except Exception:
+                pass
+        await client.aclose()
+        await holder_client.aclose()
+        await probe_.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} waiters failed, first: {errors[0]}")
+    return {
+        "connections": connections,
+        "waiting": waiting_now,
+        "instances": len(sems),
+        "drained": len(done),
+        "undrained": len(pending),
+        "drain": (gave_up if pending else max(done)) - released_at,
+    }
+
+
+# -- case 4d: many permits in one instance ------------------------------------------------
+
+
+async def run_permits(spec: dict[str, Any]) -> dict[str, Any]:
+    """Take every permit of a ``permits``-permit semaphore, one after another: ours
+    in one instance, 2.0.0 in one instance per permit (an instance of 2.0.0 holds
+    one).  Time per quarter, to show whether a permit costs more the more are held."""
+    from redsync import RedisSemaphore
+
+    permits = int(spec["permits"])
+    one = spec["lib"] == "ours"
+    client = async_client(spec["port"], "bench-permits", 100 if one else permits + 16)
+    sems: list[Any] = []
+    quarters: list[float] = []
+    try:
+        first = await RedisSemaphore.create(client, spec["name"], count=permits, lease_ttl=30.0)
+        sems.append(first)
+        quarter = permits // 4
+        started = mark = time.perf_counter()
+        for i in range(permits):
+            if one:
+                sem = first
+            else:
+                sem = first if i == 0 else await RedisSemaphore.create(
+                    client, spec["name"], count=permits, lease_ttl=30.0
+                )
+                if i:
+                    sems.append(sem)
+            await sem.acquire(timeout=10)
+            if (i + 1) % quarter == 0:
+                now = time.perf_counter()
+                quarters.append(now - mark)
+                mark = now
+        total = time.perf_counter() - started
+        for sem in sems:
+            for _ in range(permits if one else 1):
+                await sem.release()
+    finally:
+        for sem in sems:
+            try:
+                await sem.close()
+            except Exception:
+                pass
+        await client.aclose()
+    return {
+        "total": total,
+        "quarters": quarters,
+        "first_quarter": quarters[0],
+        "last_quarter": quarters[-1],
+        "growth": quarters[-1] / quarters[0],
+    }
+
+
 # -- case 5: crash recovery (the harness kills the holder) --------------------------------
 
 
@@ -474,6 +606,8 @@ MODES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "crash_holder": run_crash_holder,
     "crash_waiter": run_crash_waiter,
     "idle": run_idle,
+    "instances": run_instances,
+    "permits": run_permits,
 }
 
 

@@ -175,6 +175,52 @@ async def test_a_lost_notice_costs_latency_not_the_permit(
     await waiter.close()
 
 
+async def test_a_late_notice_of_an_earlier_wait_is_ignored(
+    redis_factory: Callable[..., aioredis.Redis],
+    redis: aioredis.Redis,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A notice held back until its wait was served by a renewal, released, and the
+    same slot waits again: it names the earlier ticket, so the new wait ignores it
+    instead of taking a permit it does not hold."""
+    ttl = 1.5
+    holder = await RedisSemaphore.create(redis, unique_name, count=1, lease_ttl=ttl)
+    waiter = await RedisSemaphore.attach(redis_factory(), unique_name, lease_ttl=ttl)
+    deliver = waiter._pushed
+    held_back: list[str] = []
+    monkeypatch.setattr(waiter, "_pushed", held_back.append)
+    await holder.acquire()
+    first = asyncio.ensure_future(waiter.acquire())
+    await wait_until(lambda: queued(redis, unique_name), timeout=5)
+    await holder.release()
+    await asyncio.wait_for(first, ttl)  # delivered by a renewal
+    assert len(held_back) == 1, held_back
+    member, token, number = held_back[0].split(" ")
+    assert token
+    assert member.startswith(waiter.instance_id)
+    await waiter.release()  # back to the pool: nobody waits
+    await holder.acquire(timeout=5)  # the same token, now the holder's
+    second = asyncio.ensure_future(waiter.acquire())
+    await wait_until(lambda: queued(redis, unique_name), timeout=5)
+    slot = waiter._by_member[member]
+    assert slot.waiting, "the second wait reuses the first wait's slot"
+    assert slot.number is not None and slot.number != number
+    deliver(held_back[0])  # the late notice arrives now
+    await asyncio.sleep(0)
+    assert not second.done(), "a late notice of an earlier wait was taken"
+    assert (await waiter.statistics()).held_here == 0
+    assert await redis.hget(keyspace(unique_name).key("handed"), member) is None
+    await assert_permits(redis, unique_name, 1, free=0)
+    await holder.release()
+    await asyncio.wait_for(second, ttl)
+    await assert_permits(redis, unique_name, 1, free=0)
+    await waiter.release()
+    await assert_permits(redis, unique_name, 1, free=1)
+    await holder.close()
+    await waiter.close()
+
+
 async def test_a_killed_listener_connection_loses_no_hand_off(
     redis_factory: Callable[..., aioredis.Redis],
     redis: aioredis.Redis,

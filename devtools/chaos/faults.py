@@ -12,6 +12,9 @@ Fault kinds:
                  waiting), reap it, and start a new one a moment later
 ``client_kill``  ``CLIENT KILL ID`` on 1-3 random worker connections (never
                  the runner's own, recognised by their CLIENT SETNAME)
+``push_kill``    ``CLIENT KILL ID`` on a worker's notice listener (a
+                 connection with sharded subscriptions), at a random moment,
+                 so also in the middle of hand-offs
 ``cut``          the fault proxy aborts every proxied connection (standalone)
 ``swallow``      the fault proxy drops the next reply (after a request
                  containing a random command name, or any) and aborts that
@@ -53,6 +56,7 @@ SWALLOW_AFTER: tuple[bytes | None, ...] = (
 SMALL_WEIGHTS: dict[str, float] = {
     "sigkill": 1.0,
     "client_kill": 2.0,
+    "push_kill": 1.5,
     "cut": 1.5,
     "swallow": 2.5,
     "pause": 1.0,
@@ -222,6 +226,11 @@ class Injector:
             self.ledger.rec("FAULT", kind, f"{killed} connection(s)")
             self.counts[kind] += 1
             self.counts["client_kill_connections"] += killed
+        elif kind == "push_kill":
+            killed = await self._client_kill(1, listeners=True)
+            self.ledger.rec("FAULT", kind, f"{killed} listener(s)")
+            self.counts[kind] += 1
+            self.counts["push_kill_connections"] += killed
         elif kind == "cut":
             proxy = self.topology.proxy
             if proxy is None:
@@ -253,7 +262,7 @@ class Injector:
             self.ledger.rec("FAULT-END", kind, "")
             self.counts[kind] += 1
 
-    async def _client_kill(self, n: int) -> int:
+    async def _client_kill(self, n: int, listeners: bool = False) -> int:
         found: list[tuple[tuple[str, int], str]] = []
         for node in self.topology.data_nodes():
             try:
@@ -263,6 +272,8 @@ class Injector:
                 continue
             for c in clients:
                 name = str(c.get("name", ""))
+                if listeners and int(c.get("ssub", 0) or 0) == 0:
+                    continue
                 if name.startswith(WORKER_NAME_PREFIX) and name != ADMIN_NAME:
                     found.append((node, str(c["id"])))
         killed = 0

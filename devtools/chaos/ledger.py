@@ -27,6 +27,7 @@ Record kinds written by workers:
 ``C``      the canceller cancelled a task (arg: the phase it was in)
 ``CS``     a task cancelled at shutdown (arg: phase)
 ``L``      a lease-lost callback ran (arg: tasks holding at that moment)
+``NOTICE`` a hand-off notice was dropped or delayed on purpose (arg)
 ``SB``     event.set() begins (arg: set id)
 ``SO``     event.set() returned (arg: set id)
 ``SE``     event.set() raised (arg: set id and exception)

@@ -62,6 +62,8 @@ class Interval:
 class Observation:
     counters: Counter[str] = field(default_factory=Counter)
     cancels: Counter[str] = field(default_factory=Counter)
+    #: Hand-off notices dropped or delayed on purpose, by what was done.
+    notices: Counter[str] = field(default_factory=Counter)
     timeouts: Counter[str] = field(default_factory=Counter)
     attempts: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
@@ -172,6 +174,8 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
                 obs.timeouts[_classify_timeout(rec.arg)] += 1
             elif kind == "C":
                 obs.cancels[rec.arg or "?"] += 1
+            elif kind == "NOTICE":
+                obs.notices[rec.arg.split(" ", 1)[0]] += 1
             elif kind == "L":
                 lost_times.append((rec.t, f"{worker} holding {rec.arg}"))
             elif kind == "EVQ":

@@ -91,6 +91,7 @@ class Options:
     waiters: int = 2
     setters: int = 1
     hold_max: float = 0.02
+    keep_notices: bool = False
     fault_interval: float = 0.5
     big_faults: int | None = None
     failover: str = "mixed"
@@ -163,6 +164,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help=f"comma-separated small fault kinds to inject (default all: {','.join(SMALL_WEIGHTS)}"
         ", or 'none')",
     )
+    p.add_argument(
+        "--keep-notices",
+        action="store_true",
+        help="deliver every hand-off notice (by default workers drop or delay some)",
+    )
     p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
     p.add_argument("--ledger-dir", default=None, help="where ledgers go (default: a temp dir)")
     p.add_argument(
@@ -205,6 +211,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         waiters=a.waiters,
         setters=a.setters,
         hold_max=a.hold_max,
+        keep_notices=a.keep_notices,
         fault_interval=a.fault_interval,
         big_faults=a.big_faults,
         failover=a.failover,
@@ -744,6 +751,7 @@ class Run:
             "waiters": opts.waiters,
             "setters": opts.setters,
             "hold_max": opts.hold_max,
+            "notice_faults": not opts.keep_notices,
             "set_gap": 0.06,
             "cancel_interval": [0.02, 0.25],
             "stop_grace": 2.0,
@@ -1032,6 +1040,10 @@ class Run:
             "cancellations_by_phase": cancels,
             "client_kill_faults": fc["client_kill"],
             "client_kill_connections": fc["client_kill_connections"],
+            "push_kill_faults": fc["push_kill"],
+            "push_kill_connections": fc["push_kill_connections"],
+            "notices_dropped": obs.notices["drop"],
+            "notices_delayed": obs.notices["delay"],
             "cut_faults": fc["cut"],
             "cut_connections": fc["cut_connections"],
             "swallow_armed": fc["swallow_armed"],
@@ -1288,6 +1300,14 @@ def format_table(s: dict[str, Any], title: str) -> str:
         (
             "CLIENT KILL",
             f"{s['client_kill_faults']} faults, {s['client_kill_connections']} connections",
+        ),
+        (
+            "listeners killed",
+            f"{s['push_kill_faults']} faults, {s['push_kill_connections']} connections",
+        ),
+        (
+            "notices disturbed",
+            f"{s['notices_dropped']} dropped, {s['notices_delayed']} delayed",
         ),
         ("proxy cuts", f"{s['cut_faults']} faults, {s['cut_connections']} connections"),
         ("swallowed replies", f"{s['swallowed_replies']} (armed {s['swallow_armed']})"),

@@ -16,6 +16,11 @@ moderate; ``async with`` or explicit acquire/release; holds of 0 to
 canceller that cancels random tasks at random moments (recording the phase
 each was in) and lets their supervisor start a fresh one.
 
+Notices: with ``notice_faults`` (the default), one in twenty hand-off
+notices the semaphore receives is dropped and one in ten delayed by up to
+half a second (``NOTICE`` ledger lines), so permits must also arrive
+through the renewal that reports them, and late notices must do no harm.
+
 SIGTERM: stop looping, give tasks ``stop_grace`` seconds to finish their
 current step, cancel the rest, close the primitives and exit 0.
 """
@@ -86,6 +91,27 @@ class Worker:
     def rec(self, kind: str, task: str = "-", arg: object = "") -> None:
         self.ledger.rec(kind, task, arg)
 
+    def _disturb_notices(self) -> None:
+        """Lose or delay some hand-off notices (through the semaphore's private
+        notice hook, looked up when its subscription is made)."""
+        deliver = getattr(self.sem, "_pushed", None)
+        if deliver is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def disturbed(data: str) -> None:
+            roll = self.rng.random()
+            if roll < 0.05:
+                self.rec("NOTICE", "-", f"drop {data}")
+            elif roll < 0.15:
+                delay = self.rng.uniform(0, 0.5)
+                self.rec("NOTICE", "-", f"delay {delay:.3f} {data}")
+                loop.call_later(delay, deliver, data)
+            else:
+                deliver(data)
+
+        self.sem._pushed = disturbed
+
     # -- main ----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -128,6 +154,8 @@ class Worker:
         self.sem = attaching.result()
         self.rec("SEM", "-", self.sem.instance_id)
         self.sem.add_lease_lost_callback(self._lease_lost)
+        if spec.get("notice_faults", True):
+            self._disturb_notices()
         self.event = RedisEvent(
             client, spec["event_name"], **replica_kwargs(RedisEvent.__init__, replicas)
         )

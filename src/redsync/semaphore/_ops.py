@@ -35,8 +35,9 @@ class SlotState:
     member: str
     key: str
     tokens: list[str]
-    #: "w": a task waits on this slot (keep its ticket queued), "d": drop its
-    #: ticket (a wait ended without an answer), "-": neither.
+    #: "w<number>": a task waits on this slot as that ticket number ("w": the
+    #: number is not known yet; keep its ticket queued), "d": drop its ticket
+    #: (a wait ended without an answer), "-": neither.
     mode: str = "-"
 
 
@@ -46,8 +47,9 @@ class RenewResult:
     stale_members: list[str] = field(default_factory=list)
     refill_due: bool = False
     slots: list[list[str]] = field(default_factory=list)
-    #: Waiting members whose ticket had been dropped and was queued again.
-    requeued: list[str] = field(default_factory=list)
+    #: (member, ticket number) of waiting members whose ticket had been
+    #: dropped and was queued again.
+    requeued: list[tuple[str, str]] = field(default_factory=list)
     count: int = 0
     gen: str = ""
 
@@ -111,6 +113,10 @@ def _strings(values: Any) -> list[str]:
     return [text(v) for v in values or []]
 
 
+def _pairs(values: list[str]) -> list[tuple[str, str]]:
+    return list(zip(values[::2], values[1::2]))
+
+
 def renew_result(reply: Any) -> RenewResult:
     """The renewal script's reply, parsed."""
     status = text(reply[0])
@@ -120,7 +126,7 @@ def renew_result(reply: Any) -> RenewResult:
         status,
         stale_members=_strings(reply[1]),
         refill_due=bool(int(reply[2])),
-        requeued=_strings(reply[3]),
+        requeued=_pairs(_strings(reply[3])),
         slots=[_strings(c) for c in reply[4:]],
     )
 
@@ -150,7 +156,10 @@ class LuaOps(_Base):
         return int(await self._run("release", keys, args))
 
     async def enqueue(self, member: str, gen: str, ttl_ms: int) -> tuple[int, str | None]:
-        """Take a permit into ``member``'s slot, or queue it as a waiter (see enqueue.lua)."""
+        """Take a permit into ``member``'s slot, or queue it as a waiter (see enqueue.lua).
+
+        Returns ``(1, token)``, ``(0, ticket number)`` or ``(status < 0, None)``.
+        """
         keys = [
             self.meta_key,
             self.pool_key,

@@ -25,7 +25,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as rex
@@ -145,6 +145,10 @@ class _Slot:
     waiting: bool = False
     #: A ticket of this slot may still be queued: the next renewal drops it.
     ticket: bool = False
+    #: The number of the ticket the current wait queued (None: not known yet).
+    number: str | None = None
+    #: Notices (token, number) that came before the number was known.
+    early: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def free(self) -> bool:
@@ -774,13 +778,16 @@ class RedisSemaphore:
             slot.epoch += 1
             member = slot.member
             try:
-                status, token = await retrying(
+                status, answer = await retrying(
                     lambda _, member=member: ops.enqueue(member, self._gen, self._ttl_ms),  # type: ignore[misc]
                     what="semaphore acquire",
                 )
             except BaseException:
                 self._abandon(slot)
                 raise
+            token = answer if status == 1 else None
+            if status == 0 and answer is not None:
+                self._numbered(slot, answer)
             if status < 0:
                 # Gone (-1), re-created (-2) or the slot expired (-3): a full
                 # renewal re-establishes, or drops what is stale; then again.
@@ -811,7 +818,18 @@ class RedisSemaphore:
 
     def _end_wait(self, slot: _Slot) -> None:
         slot.waiting = False
+        slot.number = None
+        slot.early.clear()
         self._waits.pop(slot.member, None)
+
+    def _numbered(self, slot: _Slot, number: str) -> None:
+        """The current wait on ``slot`` is ticket ``number``: take a notice for it
+        that came before the number was known."""
+        slot.number = number
+        early, slot.early = slot.early, []
+        for token, named in early:
+            if named == number:
+                _settle(self._waits.get(slot.member), token)
 
     def _abandon(self, slot: _Slot) -> None:
         """A wait ended in an unknown state: the next renewal drops its ticket
@@ -860,9 +878,21 @@ class RedisSemaphore:
         task.add_done_callback(self._tasks.discard)
 
     def _pushed(self, data: str) -> None:
-        """A notice ``<member> <token>``: a release handed ``token`` to ``member``."""
-        member, _, token = data.partition(" ")
-        _settle(self._waits.get(member), token)
+        """A notice ``<member> <token> <number>``: ``token`` was handed to ticket
+        ``number`` of ``member``.
+
+        Taken only by the wait that queued that ticket: a notice that arrives
+        late (after a renewal delivered its token, which was then released,
+        and the slot waits again) names an earlier number and is ignored.
+        """
+        member, token, number = ([*data.split(" "), "", ""])[:3]
+        slot = self._by_member.get(member)
+        if slot is None or not slot.waiting or member not in self._waits:
+            return
+        if slot.number is None:
+            slot.early.append((token, number))
+        elif slot.number == number:
+            _settle(self._waits.get(member), token)
 
     def _gap(self) -> None:
         """Notices may have been missed: look for permits handed to our waiters,
@@ -1114,7 +1144,7 @@ class RedisSemaphore:
             tokens = [slot.holding.token] if slot.holding and not slot.holding.lost else []
             if slot.releasing:
                 tokens.append(slot.releasing)
-            mode = "w" if slot.waiting else "d" if slot.ticket else "-"
+            mode = "w" + (slot.number or "") if slot.waiting else "d" if slot.ticket else "-"
             states.append(SlotState(slot.member, slot.key, tokens, mode))
         sent_at = asyncio.get_running_loop().time()
         return _RenewRequest(sent_at, slots, snapshot, states, only is not None)
@@ -1152,7 +1182,7 @@ class RedisSemaphore:
             slots, request.snapshot, request.states, result.slots
         ):
             slot.registered = True
-            if slot.epoch == epoch and state.mode == "w" and slot.waiting and contents:
+            if slot.epoch == epoch and state.mode[:1] == "w" and slot.waiting and contents:
                 # A hand-off whose notice never came (or a permit the
                 # renewal took for a dropped ticket): the waiter has it.
                 _settle(self._waits.get(slot.member), contents[0])
@@ -1179,9 +1209,14 @@ class RedisSemaphore:
                 if slot.holding is None:
                     self._freed(slot)
         epochs = {slot.member: snap[0] for slot, snap in zip(slots, request.snapshot)}
-        for member in result.requeued:
+        for member, number in result.requeued:
             again = self._by_member.get(member)
-            if again is not None and not (again.waiting and again.epoch == epochs.get(member)):
+            if again is None:
+                continue
+            if again.waiting and again.epoch == epochs.get(member):
+                if again.number is None:
+                    self._numbered(again, number)
+            else:
                 # Queued again for a wait that ended meanwhile: drop it.
                 again.dirty = again.ticket = True
                 self._renewal.kick()

@@ -1,7 +1,8 @@
 -- Shared by every script that frees a permit token (a script includes it
 -- with the line '--@include give').  The token goes to the oldest queued
 -- waiter whose lease is live: into the handed hash under the waiter's
--- member, with a notice "<member> <token>" on the semaphore's channel.
+-- member, with a notice "<member> <token> <ticket number>" on the
+-- semaphore's channel.
 -- With no live waiter it goes to the pool.  Tickets of dead waiters met on
 -- the way are dropped (their slots are reclaimed with their lease).
 -- Publishing uses pcall: a user without channel rights loses the notice,
@@ -23,7 +24,8 @@ local function give(pool, holders, waiters, handed, channel, token, now, ttl)
     if lease and tonumber(lease) > now and redis.call('HEXISTS', handed, member) == 0 then
       redis.call('HSET', handed, member, token)
       redis.call('PEXPIRE', handed, ttl)
-      redis.pcall('SPUBLISH', channel, member .. ' ' .. token)
+      local number = string.format('%d', tonumber(head[2]))
+      redis.pcall('SPUBLISH', channel, member .. ' ' .. token .. ' ' .. number)
       return member
     end
   end

@@ -6,13 +6,17 @@
 -- ARGV[1] ttl ms   ARGV[2] count   ARGV[3] generation   ARGV[4] strategy
 -- ARGV[5] recovery window ms   ARGV[6] number of slots n
 -- then for each slot: member, mode, k, and the k tokens the instance holds
--- on it; mode 'w': a task waits on this slot (keep its ticket queued: queue
--- it again if it was dropped, unless a token is there), 'd': drop any ticket
--- (the wait ended without an answer), '-': nothing.
--- Returns {status, stale members, refill due (0/1), members queued again,
+-- on it; mode 'w<number>': a task waits on this slot as that ticket number
+-- (keep its ticket queued: queue it again under the same number if it was
+-- dropped, unless a token is there; 'w' alone: the number is not known yet,
+-- queue under a new one), 'd': drop any ticket (the wait ended without an
+-- answer), '-': nothing.
+-- Returns {status, stale members, refill due (0/1), {member, number, ...}
+-- of the tickets queued again,
 -- contents of slot 1, ...} where status is 'ok', 'restored' or 'stale'
 -- ({'stale', count, gen}).  A slot's content is its list (marker removed)
 -- and the token handed to its member, if any.
+--@include ticket
 local ttl = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -89,7 +93,7 @@ for i = 1, n do
   local content = redis.call('LRANGE', key, 1, -1)
   if mode == 'd' then
     redis.call('ZREM', KEYS[4], member)
-  elseif mode == 'w' and not handed and #content == 0
+  elseif string.sub(mode, 1, 1) == 'w' and not handed and #content == 0
       and not redis.call('ZSCORE', KEYS[4], member) then
     -- The ticket was dropped (its lease looked dead to a release while this
     -- process stalled) or lost with the keys: take a free permit, or queue
@@ -98,10 +102,14 @@ for i = 1, n do
     if token then
       content[1] = token
     else
-      local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-      redis.call('ZADD', KEYS[4], seq, member)
+      local number = string.sub(mode, 2)
+      if number == '' then
+        number = ticket_number(KEYS[1])
+      end
+      redis.call('ZADD', KEYS[4], number, member)
       local queued = out[4]
       queued[#queued + 1] = member
+      queued[#queued + 1] = number
     end
   end
   if handed then
