@@ -609,9 +609,7 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             "2.0.0 in one instance per permit (an instance of 2.0.0 holds one).",
             "",
         ]
-        out += _table(
-            ["case", "library", "time per quarter", "last / first", "total"], permit_rows
-        )
+        out += _table(["case", "library", "time per quarter", "last / first", "total"], permit_rows)
 
     out += ["## 5. Crash recovery (holder SIGKILLed)", ""]
     crash_rows = []

@@ -613,9 +613,7 @@ def _progress(job: Job, result: dict[str, Any], elapsed: float) -> None:
             f"drain {result['drain']:.3f} s"
         )
     elif job.case == "permits":
-        summary = (
-            f"total {result['total']:.2f} s, last/first quarter {result['growth']:.2f}"
-        )
+        summary = f"total {result['total']:.2f} s, last/first quarter {result['growth']:.2f}"
     elif job.case == "crash":
         summary = (
             f"recovered in {result['recovery']:.2f} s"

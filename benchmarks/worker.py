@@ -441,17 +441,28 @@ async def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
 # -- case 4c: many instances, many semaphores ----------------------------------------------
 
 
-async def _quiet(probe_: Probe, settle: float = 0.25, cap: float = 30.0) -> None:
-    """Return once the server has seen no command for ``settle`` s (every waiter queued)."""
-    deadline = time.perf_counter() + cap
-    last = sum((await probe_.commandstats()).values())
-    while time.perf_counter() < deadline:
-        await asyncio.sleep(settle)
-        now = sum((await probe_.commandstats()).values())
-        if now == last:
+async def _all_waiting(probe_: Probe, lib: str, names: list[str], expected: int) -> None:
+    """Return once ``expected`` waiters wait in the server: blocked connections
+    (2.0.0, and ours where it blocks) plus tickets queued in waiter queues (ours)."""
+    queues: list[str] = []
+    if lib == "ours":
+        from redsync._core.keys import KeySpace
+
+        queues = [KeySpace("redsync:semaphore", name).key("waiters") for name in names]
+    deadline = time.perf_counter() + 60
+    while True:
+        blocked = int((await probe_.client.info("clients"))["blocked_clients"])
+        queued = 0
+        for start in range(0, len(queues), 500):
+            pipe = probe_.client.pipeline(transaction=False)
+            for key in queues[start : start + 500]:
+                pipe.zcard(key)
+            queued += sum(await pipe.execute())
+        if blocked + queued >= expected:
             return
-        last = now
-    raise RuntimeError(f"the waiters never settled within {cap} s")
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"only {blocked + queued} of {expected} waiters queued in 60 s")
+        await asyncio.sleep(0.05)
 
 
 async def run_instances(spec: dict[str, Any]) -> dict[str, Any]:
@@ -485,7 +496,7 @@ async def run_instances(spec: dict[str, Any]) -> dict[str, Any]:
             done.append(time.perf_counter())
 
         tasks = [asyncio.ensure_future(wait(s)) for s in sems]
-        await _quiet(probe_)
+        await _all_waiting(probe_, spec["lib"], names, len(sems))
         connections = await probe_.connections("bench-instances")
         waiting_now = sum(1 for t in tasks if not t.done())
         released_at = time.perf_counter()
@@ -495,7 +506,9 @@ async def run_instances(spec: dict[str, Any]) -> dict[str, Any]:
         gave_up = time.perf_counter()
         for task in pending:
             task.cancel()
-        errors = [repr(t.exception()) for t in tasks if t.done() and not t.cancelled() and t.exception()]
+        errors = [
+            repr(t.exception()) for t in tasks if t.done() and not t.cancelled() and t.exception()
+        ]
     finally:
         for sem in sems + holders:
             try:
@@ -540,8 +553,12 @@ async def run_permits(spec: dict[str, Any]) -> dict[str, Any]:
             if one:
                 sem = first
             else:
-                sem = first if i == 0 else await RedisSemaphore.create(
-                    client, spec["name"], count=permits, lease_ttl=30.0
+                sem = (
+                    first
+                    if i == 0
+                    else await RedisSemaphore.create(
+                        client, spec["name"], count=permits, lease_ttl=30.0
+                    )
                 )
                 if i:
                     sems.append(sem)
