@@ -70,6 +70,39 @@ Client: TypeAlias = "Redis | RedisCluster"
 INCLUDE = "--@include "
 
 
+def _encode(value: Any, encoding: str, errors: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode(encoding, errors)
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value).encode()
+    raise rex.DataError(
+        f"invalid argument of type {type(value).__name__!r}: pass bytes, str, int or float"
+    )
+
+
+def pack(commands: Sequence[Command], encoding: str, errors: str = "strict") -> bytes:
+    """The RESP form of ``commands``, as redis-py's ``pack_commands`` writes it.
+
+    Written here because redis-py's packer is a good part of the client's CPU
+    per acquisition for commands with many arguments (a script's keys and
+    values): it encodes argument by argument through several calls each.
+    """
+    out: list[bytes] = []
+    for command in commands:
+        first = command[0]
+        if isinstance(first, str) and " " in first:
+            command = (*first.split(), *command[1:])  # "SCRIPT LOAD" is two words
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = _encode(arg, encoding, errors)
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 class Script:
     """A Lua script shipped in ``<package>/lua``, run by SHA with a fallback to EVAL."""
 
@@ -90,6 +123,12 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
+def _cancelling(task: asyncio.Task[Any] | None) -> int:
+    """Cancellations requested of ``task`` and not yet delivered (0 where unknown)."""
+    counter = getattr(task, "cancelling", None)  # Python 3.11+
+    return int(counter()) if counter is not None else 0
+
+
 class _Pool:
     """Where connections come from: the client's pool, or one cluster node."""
 
@@ -101,11 +140,20 @@ class _Pool:
 
     async def get(self) -> AbstractConnection:
         if self.node is not None:
-            return self.node.acquire_connection()
+            return self.node.acquire_connection()  # connected by its first send
+        task = asyncio.current_task()
+        before = _cancelling(task)
         if _OLD_POOL_API:
             conn = await self.pool.get_connection("_")
         else:
             conn = await self.pool.get_connection()
+        if _cancelling(task) > before:
+            # The pool connects a new connection with the client's
+            # socket_timeout, through asyncio.wait_for, which on Python <= 3.11
+            # can drop a cancellation that races the handshake (the caller
+            # would then wait on as if never cancelled).  Deliver it.
+            await self.put(conn)
+            raise asyncio.CancelledError()
         return conn  # type: ignore[no-any-return]
 
     async def put(self, conn: AbstractConnection) -> None:
@@ -422,12 +470,13 @@ class Link:
         good part of the client's CPU per acquisition.  Every connection of a
         link encodes alike (one client), so the bytes can be reused.
         """
+        encoder = conn.encoder
         if len(commands) != 1:
-            return conn.pack_commands([tuple(c) for c in commands])
+            return pack(commands, encoder.encoding, encoder.encoding_errors)
         key = tuple(commands[0])
         packed = self._packed.get(key)
         if packed is None:
-            packed = conn.pack_commands([key])
+            packed = pack([key], encoder.encoding, encoder.encoding_errors)
             if len(self._packed) >= PACK_CACHE:
                 self._packed.clear()
             self._packed[key] = packed

@@ -13,6 +13,12 @@ permit: a renewal finds it, and after the listener's connection broke (or
 the server dropped a subscription because its slot moved), every
 subscription is made again and its owner is told to look (``on_gap``).
 
+A message is ``<address> <rest>``; a subscription made with a ``route``
+gets only the messages whose address is ``<route>.<anything>`` (a
+primitive's instance id, then the waiter's number), found by one dict
+lookup, so a thousand instances on one channel cost nothing per message
+that is not theirs.  A subscription without a route gets every message.
+
 The connection is read by this module's own loop (``read_response`` with
 ``push_request``), so RESP2 and RESP3 clients (redis-py 8 defaults to RESP3,
 where messages are push frames) and the async cluster client of redis-py 5.0,
@@ -50,6 +56,12 @@ JOIN_BUDGET = 15.0
 _RETRY: tuple[type[BaseException], ...] = (rex.ResponseError, *TRANSIENT, *AMBIGUOUS)
 
 
+def _no_answer(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(rex.TimeoutError(f"no answer within {CONTROL_TIMEOUT} s"))
+        answer.exception()  # its asker may be gone: never "unretrieved"
+
+
 class PushUnavailable(Exception):
     """The server or the user cannot subscribe (no sharded pub/sub, no channel rights)."""
 
@@ -68,6 +80,8 @@ class _Listener:
         #: The answer the control command in flight waits for.
         self._answer: asyncio.Future[Any] | None = None
         self.channels: dict[str, set[Subscription]] = {}
+        #: (channel, route) -> the subscriptions with that route.
+        self._routed: dict[tuple[str, str | None], set[Subscription]] = {}
         #: Subscriptions sent and not yet confirmed.
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._dead = False
@@ -76,7 +90,7 @@ class _Listener:
         """Subscribe ``sub`` to ``channel``; returns once the server confirmed it."""
         pending = self._pending.get(channel)
         if pending is None and channel in self.channels:
-            self.channels[channel].add(sub)
+            self._attach(channel, sub)
             return
         if pending is None:
             pending = asyncio.ensure_future(self._subscribe(channel))
@@ -85,7 +99,19 @@ class _Listener:
         await asyncio.shield(pending)
         if self._dead:
             raise rex.ConnectionError("hand-off listener closed")
+        self._attach(channel, sub)
+
+    def _attach(self, channel: str, sub: Subscription) -> None:
         self.channels.setdefault(channel, set()).add(sub)
+        self._routed.setdefault((channel, sub.route), set()).add(sub)
+
+    def _detach(self, channel: str, sub: Subscription) -> None:
+        self.channels.get(channel, set()).discard(sub)
+        routed = self._routed.get((channel, sub.route))
+        if routed is not None:
+            routed.discard(sub)
+            if not routed:
+                del self._routed[(channel, sub.route)]
 
     async def _subscribe(self, channel: str) -> None:
         reply = await self._command(("SSUBSCRIBE", channel))
@@ -103,7 +129,7 @@ class _Listener:
         subs = self.channels.get(channel)
         if subs is None:
             return
-        subs.discard(sub)
+        self._detach(channel, sub)
         if subs:
             return
         del self.channels[channel]
@@ -119,23 +145,30 @@ class _Listener:
         async with self._control:
             if self._dead:
                 raise rex.ConnectionError("hand-off listener closed")
-            if self._conn is None:
-                conn = await self._pool.get()
-                self._conn = conn
-                if not conn.is_connected:
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                conn.socket_timeout = None  # the reader waits as long as it takes
-                self._reader = asyncio.ensure_future(self._read(conn))
-                self._pinger = asyncio.ensure_future(self._ping())
             loop = asyncio.get_running_loop()
             self._answer = answer = loop.create_future()
             try:
+                if self._conn is None:
+                    self._conn = await self._pool.get()
+                    if not self._conn.is_connected:
+                        await self._conn.connect()  # type: ignore[no-untyped-call]
+                    self._conn.socket_timeout = None  # the reader waits as long as it takes
+                    self._reader = asyncio.ensure_future(self._read(self._conn))
+                    self._pinger = asyncio.ensure_future(self._ping())
                 await self._conn.send_packed_command(
                     self._conn.pack_command(*command), check_health=False
                 )
-                return await asyncio.wait_for(asyncio.shield(answer), CONTROL_TIMEOUT)
+                # A timer, not wait_for(): on Python <= 3.11 wait_for can drop a
+                # cancellation that races the answer.
+                timer = loop.call_later(CONTROL_TIMEOUT, _no_answer, answer)
+                try:
+                    return await asyncio.shield(answer)
+                finally:
+                    timer.cancel()
             except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError):
+                # A cancelled command leaves the listener as it was, unless it
+                # was cut short while the connection was being set up.
+                if not isinstance(exc, asyncio.CancelledError) or self._reader is None:
                     self._die()
                 raise
             finally:
@@ -180,14 +213,22 @@ class _Listener:
             answer.set_result(frame)
 
     def _deliver(self, channel: str, data: str) -> None:
-        for sub in list(self.channels.get(channel, ())):
+        route = data.split(" ", 1)[0].rpartition(".")[0]
+        targets = [
+            *self._routed.get((channel, route), ()),
+            *self._routed.get((channel, None), ()),
+        ]
+        for sub in targets:
             try:
                 sub.on_message(data)
             except Exception:  # pragma: no cover - a primitive's bug must not stop the reader
                 log.exception("hand-off notice handler failed")
 
     def _dropped(self, channel: str) -> None:
-        for sub in self.channels.pop(channel, set()):
+        subs = self.channels.pop(channel, set())
+        for sub in subs:
+            self._routed.pop((channel, sub.route), None)
+        for sub in subs:
             sub.lost()
 
     def _die(self) -> None:
@@ -200,6 +241,7 @@ class _Listener:
         answer = self._answer
         if answer is not None and not answer.done():
             answer.set_exception(rex.ConnectionError("hand-off listener closed"))
+            answer.exception()  # its asker may be gone (timed out): never "unretrieved"
         current = asyncio.current_task()
         for task in (self._reader, self._pinger):
             if task is not None and task is not current:
@@ -211,6 +253,7 @@ class _Listener:
             closing.add_done_callback(_CLOSING.discard)
         subs = [sub for group in self.channels.values() for sub in group]
         self.channels = {}
+        self._routed = {}
         for sub in subs:
             sub.lost()
 
@@ -249,7 +292,8 @@ async def _listener(link: Link) -> _Listener:
 class Subscription:
     """One primitive instance's interest in its channel.
 
-    ``on_message(data)`` gets every message published on the channel;
+    ``on_message(data)`` gets every message published on the channel (with
+    ``route``, only those addressed to ``<route>.<anything>``);
     ``on_gap()`` is called after the subscription was lost and made again
     (messages may have been missed meanwhile: look for what was handed).
     """
@@ -260,8 +304,10 @@ class Subscription:
         channel: str,
         on_message: Callable[[str], None],
         on_gap: Callable[[], None],
+        route: str | None = None,
     ) -> None:
         self._link = link
+        self.route = route
         self.channel = channel
         self.on_message = on_message
         self._on_gap = on_gap

@@ -30,6 +30,12 @@ SCRIPTS = {
 }
 
 
+#: A release's answer: 1 released, 0 not held, -1 gone, -2 another generation;
+#: and the notice of a hand-off to a waiter of the releasing instance, which
+#: was not published (the releaser delivers it), or None.
+Released = tuple[int, str | None]
+
+
 @dataclass
 class SlotState:
     member: str
@@ -66,7 +72,7 @@ class SemaphoreOps(Protocol):
     def slot_key(self, member: str) -> str: ...
     async def init(self, count: int, ttl_ms: int, gen: str, strategy: str) -> Meta: ...
     async def meta(self) -> Meta | None: ...
-    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> int: ...
+    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> Released: ...
     async def renew(
         self,
         slots: Sequence[SlotState],
@@ -143,7 +149,7 @@ class LuaOps(_Base):
     def _shared(self) -> list[str]:
         return [self.meta_key, self.pool_key, self.holders_key, self.waiters_key, self.handed_key]
 
-    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> int:
+    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> Released:
         keys = [
             self.meta_key,
             self.pool_key,
@@ -152,8 +158,10 @@ class LuaOps(_Base):
             self.waiters_key,
             self.handed_key,
         ]
-        args = [token, gen, ttl_ms, member, self.channel]
-        return int(await self._run("release", keys, args))
+        mine = member.rpartition(".")[0] + "."
+        args = [token, gen, ttl_ms, member, self.channel, mine]
+        reply = await self._run("release", keys, args)
+        return int(reply[0]), (text(reply[1]) if len(reply) > 1 else None)
 
     async def enqueue(self, member: str, gen: str, ttl_ms: int) -> tuple[int, str | None]:
         """Take a permit into ``member``'s slot, or queue it as a waiter (see enqueue.lua).
@@ -276,7 +284,7 @@ class TxOps(_Base):
 
         return await self._tx([self.meta_key, self.pool_key, self.holders_key], body)
 
-    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> int:
+    async def release(self, member: str, token: str, gen: str, ttl_ms: int) -> Released:
         slot_key = self.slot_key(member)
 
         async def body(read: Reader) -> tuple[list[Command] | None, int]:
@@ -294,7 +302,7 @@ class TxOps(_Base):
                 ("PEXPIRE", self.pool_key, ttl_ms),
             ], 1
 
-        return await self._tx([self.meta_key, slot_key], body)
+        return await self._tx([self.meta_key, slot_key], body), None
 
     async def renew(
         self,

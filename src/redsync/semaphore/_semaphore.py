@@ -717,7 +717,9 @@ class RedisSemaphore:
         assert isinstance(self._ops, LuaOps)
         ops = self._ops
         if self._sub is None:
-            self._sub = Subscription(self._link, ops.channel, self._pushed, self._gap)
+            self._sub = Subscription(
+                self._link, ops.channel, self._pushed, self._gap, route=self.instance_id
+            )
         sub = self._sub
         loop = asyncio.get_running_loop()
         deadline = None if wait is None else loop.time() + wait
@@ -1001,7 +1003,10 @@ class RedisSemaphore:
         gen = token.rsplit(":", 1)[0]
 
         async def release(ambiguous: bool) -> int:
-            result = await self._ops.release(slot.member, token, gen, self._ttl_ms)
+            result, notice = await self._ops.release(slot.member, token, gen, self._ttl_ms)
+            if notice is not None:
+                # Handed to one of our own waiters: told here, not published.
+                self._pushed(notice)
             # The slot holds nothing else, so after a lost reply "not held"
             # means the earlier attempt went through.
             return 1 if ambiguous and result == 0 else result
