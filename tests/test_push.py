@@ -338,3 +338,38 @@ async def test_without_channel_rights_waiters_use_blocking_connections(
     for sem in [holder, *waiters]:
         await sem.close()
     await assert_permits(redis_factory(private_server.url), unique_name, 1, free=1)
+
+
+def test_the_listener_parses_resp2_and_resp3_frames_split_anywhere() -> None:
+    """The listener's own parser: every frame kind a subscribed connection sees,
+    fed whole and cut at every byte (a read can end anywhere)."""
+    from redsync._core.push import _Incomplete, _parse
+
+    frames = [
+        (
+            b">3\r\n$8\r\nsmessage\r\n$4\r\nwake\r\n$9\r\na.1 t 123\r\n",
+            [b"smessage", b"wake", b"a.1 t 123"],
+        ),
+        (b"*3\r\n$8\r\nsmessage\r\n$4\r\nwake\r\n$0\r\n\r\n", [b"smessage", b"wake", b""]),
+        (b">3\r\n$10\r\nssubscribe\r\n$4\r\nwake\r\n:1\r\n", [b"ssubscribe", b"wake", 1]),
+        (b"+PONG\r\n", b"PONG"),
+        (b"*2\r\n$4\r\npong\r\n$0\r\n\r\n", [b"pong", b""]),
+        (b"_\r\n", None),
+        (b"$-1\r\n", None),
+        (b"%1\r\n+k\r\n:2\r\n", [b"k", 2]),
+        (b"|1\r\n+ttl\r\n:3\r\n+OK\r\n", b"OK"),
+        (b"=8\r\ntxt:abcd\r\n", b"abcd"),
+    ]
+    stream = b"".join(raw for raw, _ in frames)
+    pos, seen = 0, []
+    while pos < len(stream):
+        value, pos = _parse(stream, pos)
+        seen.append(value)
+    assert seen == [expected for _, expected in frames]
+    for raw, expected in frames:
+        for cut in range(len(raw)):
+            with pytest.raises(_Incomplete):
+                _parse(raw[:cut], 0)
+        assert _parse(raw, 0) == (expected, len(raw))
+    error, _ = _parse(b"-NOPERM no channel rights\r\n", 0)
+    assert str(error).startswith("NOPERM")

@@ -19,8 +19,8 @@ primitive's instance id, then the waiter's number), found by one dict
 lookup, so a thousand instances on one channel cost nothing per message
 that is not theirs.  A subscription without a route gets every message.
 
-The connection is read by this module's own loop (``read_response`` with
-``push_request``), so RESP2 and RESP3 clients (redis-py 8 defaults to RESP3,
+The connection is read and parsed by this module's own loop (see
+:class:`_Frames`), so RESP2 and RESP3 clients (redis-py 8 defaults to RESP3,
 where messages are push frames) and the async cluster client of redis-py 5.0,
 which has no pub/sub, all work alike.  One control command (SSUBSCRIBE,
 SUNSUBSCRIBE, PING) is in flight at a time, and its answer is the next frame
@@ -60,6 +60,89 @@ def _no_answer(answer: asyncio.Future[Any]) -> None:
     if not answer.done():
         answer.set_exception(rex.TimeoutError(f"no answer within {CONTROL_TIMEOUT} s"))
         answer.exception()  # its asker may be gone: never "unretrieved"
+
+
+class _Incomplete(Exception):
+    """The buffer ends inside a frame."""
+
+
+def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
+    """One RESP2/RESP3 frame of ``buf`` at ``pos``: (value, position after it).
+
+    Bulk strings stay bytes, errors become ``ResponseError`` values, maps
+    become flat lists; attributes (``|``) are skipped.
+    """
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    kind = buf[pos]
+    line = buf[pos + 1 : end]
+    pos = end + 2
+    if kind in (0x24, 0x3D, 0x21):  # $ bulk, = verbatim, ! bulk error
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            raise _Incomplete
+        data = buf[pos : pos + size]
+        if kind == 0x21:
+            return rex.ResponseError(data.decode("utf-8", "replace")), pos + size + 2
+        return (data[4:] if kind == 0x3D else data), pos + size + 2
+    if kind in (0x2A, 0x3E, 0x7E, 0x25, 0x7C):  # * array, > push, ~ set, % map, | attribute
+        count = int(line)
+        if count < 0:
+            return None, pos
+        if kind in (0x25, 0x7C):
+            count *= 2
+        items = []
+        for _ in range(count):
+            item, pos = _parse(buf, pos)
+            items.append(item)
+        if kind == 0x7C:  # an attribute precedes the real frame
+            return _parse(buf, pos)
+        return items, pos
+    if kind == 0x2B:  # + simple string
+        return line, pos
+    if kind == 0x2D:  # - error
+        return rex.ResponseError(line.decode("utf-8", "replace")), pos
+    if kind == 0x3A:  # : integer
+        return int(line), pos
+    if kind == 0x5F:  # _ null
+        return None, pos
+    return line, pos  # , double  # boolean  ( big number: not sent on this connection
+
+
+class _Frames:
+    """The frames arriving on a subscribed connection, read in batches.
+
+    The listener reads its connection itself rather than through redis-py's
+    parser: one read per batch of frames and a synchronous parse, instead of
+    several awaits per element of every notice (a notice's parse was a good
+    part of a hand-off's cost on the receiving side).  Only frames sent after
+    the handshake are read here, so redis-py's parser holds nothing of them.
+    """
+
+    def __init__(self, conn: AbstractConnection) -> None:
+        reader = getattr(conn, "_reader", None)
+        if reader is None:
+            raise rex.ConnectionError("hand-off listener: connection not open")
+        self._reader: asyncio.StreamReader = reader
+        self._buf = b""
+        self._pos = 0
+
+    async def next(self) -> Any:
+        while True:
+            if self._pos < len(self._buf):
+                try:
+                    frame, self._pos = _parse(self._buf, self._pos)
+                    return frame
+                except _Incomplete:
+                    pass
+            data = await self._reader.read(65536)
+            if not data:
+                raise rex.ConnectionError("hand-off listener: connection closed by the server")
+            self._buf = self._buf[self._pos :] + data
+            self._pos = 0
 
 
 class PushUnavailable(Exception):
@@ -184,11 +267,11 @@ class _Listener:
 
     async def _read(self, conn: AbstractConnection) -> None:
         try:
+            frames = _Frames(conn)
             while True:
-                try:
-                    frame = await conn.read_response(disable_decoding=True, push_request=True)
-                except rex.ResponseError as exc:
-                    self._resolve(exc)
+                frame = await frames.next()
+                if isinstance(frame, rex.ResponseError):
+                    self._resolve(frame)
                     continue
                 if isinstance(frame, (list, tuple)) and frame:
                     kind = text(frame[0]).lower()
