@@ -343,7 +343,8 @@ async def test_without_channel_rights_waiters_use_blocking_connections(
 def test_the_listener_parses_resp2_and_resp3_frames_split_anywhere() -> None:
     """The listener's own parser: every frame kind a subscribed connection sees,
     fed whole and cut at every byte (a read can end anywhere)."""
-    from redsync._core.push import _Incomplete, _parse
+    from redsync._core.resp import Incomplete as _Incomplete
+    from redsync._core.resp import parse as _parse
 
     frames = [
         (
@@ -352,11 +353,14 @@ def test_the_listener_parses_resp2_and_resp3_frames_split_anywhere() -> None:
         ),
         (b"*3\r\n$8\r\nsmessage\r\n$4\r\nwake\r\n$0\r\n\r\n", [b"smessage", b"wake", b""]),
         (b">3\r\n$10\r\nssubscribe\r\n$4\r\nwake\r\n:1\r\n", [b"ssubscribe", b"wake", 1]),
+        (b",1.5\r\n", 1.5),
+        (b"#t\r\n", True),
+        (b"~2\r\n:1\r\n:2\r\n", [1, 2]),
         (b"+PONG\r\n", b"PONG"),
         (b"*2\r\n$4\r\npong\r\n$0\r\n\r\n", [b"pong", b""]),
         (b"_\r\n", None),
         (b"$-1\r\n", None),
-        (b"%1\r\n+k\r\n:2\r\n", [b"k", 2]),
+        (b"%1\r\n+k\r\n:2\r\n", {b"k": 2}),
         (b"|1\r\n+ttl\r\n:3\r\n+OK\r\n", b"OK"),
         (b"=8\r\ntxt:abcd\r\n", b"abcd"),
     ]

@@ -26,6 +26,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
+from . import resp
+
 log = logging.getLogger("redsync")
 
 T = TypeVar("T")
@@ -121,6 +123,120 @@ class Script:
             lines.append(line)
         self.source = "".join(lines)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+#: redis-py's pure-Python parsers, which read the connection's stream directly
+#: and keep nothing of it between replies (so :class:`_Replies` may read it).
+_STREAM_PARSERS = frozenset({"_AsyncRESP2Parser", "_AsyncRESP3Parser"})
+#: Connection classes whose read_response only parses.
+_PLAIN: frozenset[type] = frozenset(
+    {
+        redis.asyncio.connection.Connection,
+        redis.asyncio.connection.SSLConnection,
+        redis.asyncio.connection.UnixDomainSocketConnection,
+    }
+)
+
+
+class _Replies:
+    """Reads the replies of one batch straight from the connection's stream.
+
+    redis-py's pure-Python parser awaits the stream several times per element
+    of every reply; this reads whatever has arrived in one call and parses it
+    synchronously (see :mod:`.resp`), a good part of the client's CPU per
+    acquisition.  Used only where redis-py's parser holds nothing itself (its
+    C parser, hiredis, is fast and buffers: it is left alone).  Errors are
+    made by redis-py's own ``parse_error``, so they are the classes redis-py
+    raises; those that are connection errors (``LOADING``) are raised.  A read
+    timeout closes the connection, as redis-py's does.
+    """
+
+    __slots__ = ("_buf", "_conn", "_error", "_pos", "_reader", "_timer", "expired")
+
+    def __init__(self, conn: AbstractConnection, reader: asyncio.StreamReader) -> None:
+        self._conn = conn
+        self._reader = reader
+        self._buf = b""
+        self._pos = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.expired = False
+        parse_error = conn._parser.parse_error
+
+        def error(message: str) -> BaseException:
+            exc: BaseException = parse_error(message)  # type: ignore[no-untyped-call]
+            if isinstance(exc, rex.ConnectionError):
+                raise exc
+            return exc
+
+        self._error = error
+
+    @classmethod
+    def of(cls, conn: AbstractConnection, timeout: float | None) -> _Replies | None:
+        if type(conn) not in _PLAIN:
+            # A subclass may act on replies in read_response (a Sentinel-managed
+            # connection closes itself on READONLY, so the pool finds the new
+            # master): leave those to redis-py.
+            return None
+        parser = getattr(conn, "_parser", None)
+        reader = getattr(conn, "_reader", None)
+        if type(parser).__name__ not in _STREAM_PARSERS or not isinstance(
+            reader, asyncio.StreamReader
+        ):
+            return None
+        if getattr(parser, "_buffer", None):
+            return None  # it holds part of a reply (cannot happen between commands)
+        replies = cls(conn, reader)
+        if timeout is not None:
+            replies._timer = asyncio.get_running_loop().call_later(timeout, replies._expire)
+        return replies
+
+    def _expire(self) -> None:
+        self.expired = True
+        writer = getattr(self._conn, "_writer", None)
+        if writer is not None:
+            writer.transport.abort()  # the read in progress ends; the caller discards it
+
+    async def next(self) -> Any:
+        """The next reply (push frames are skipped); error replies are raised."""
+        reply = await self._next()
+        if isinstance(reply, rex.ResponseError):
+            raise reply
+        return reply
+
+    async def _next(self) -> Any:
+        try:
+            while True:
+                if self._pos < len(self._buf):
+                    try:
+                        reply, self._pos = resp.parse(self._buf, self._pos, self._error)
+                    except resp.Incomplete:
+                        pass
+                    else:
+                        if isinstance(reply, resp.Push):
+                            continue  # out-of-band (RESP3): not this command's reply
+                        return reply
+                data = await self._reader.read(65536)
+                if not data:
+                    raise rex.ConnectionError("connection closed by the server")
+                self._buf = self._buf[self._pos :] + data
+                self._pos = 0
+        except (OSError, rex.ConnectionError) as exc:
+            if self.expired:
+                raise rex.TimeoutError("timeout reading from the connection") from exc
+            raise
+        except BaseException:
+            self.done()
+            raise
+
+    def done(self) -> None:
+        """Every reply was read: stop the timer; bytes beyond them mean a
+        desynchronised connection, which is closed."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pos < len(self._buf):
+            self._buf = b""
+            self._expire()
 
 
 def _cancelling(task: asyncio.Task[Any] | None) -> int:
@@ -413,9 +529,13 @@ class Link:
             conn.socket_timeout = saved if read_timeout is None else read_timeout
             replies: list[Any] = []
             error: rex.ResponseError | None = None
+            fast = None if wait_last else _Replies.of(conn, conn.socket_timeout)
             for index in range(len(commands)):
                 try:
-                    reply = await conn.read_response(disable_decoding=True)
+                    if fast is not None:
+                        reply = await fast.next()
+                    else:
+                        reply = await conn.read_response(disable_decoding=True)
                 except rex.ResponseError as exc:
                     error = error or exc
                     replies.append(exc)
@@ -423,6 +543,8 @@ class Link:
                 replies.append(reply)
                 if on_reply is not None and error is None:
                     on_reply(index, reply)
+            if fast is not None:
+                fast.done()
         except AttributeError as exc:
             if getattr(conn, "_writer", None) is not None and getattr(conn, "_reader", None):
                 raise

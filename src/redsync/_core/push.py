@@ -39,6 +39,7 @@ from redis import exceptions as rex
 from redis.asyncio.connection import AbstractConnection
 
 from .link import AMBIGUOUS, TRANSIENT, Link, _Pool, text
+from .resp import Incomplete, parse
 
 __all__ = ["PushUnavailable", "Subscription"]
 
@@ -60,56 +61,6 @@ def _no_answer(answer: asyncio.Future[Any]) -> None:
     if not answer.done():
         answer.set_exception(rex.TimeoutError(f"no answer within {CONTROL_TIMEOUT} s"))
         answer.exception()  # its asker may be gone: never "unretrieved"
-
-
-class _Incomplete(Exception):
-    """The buffer ends inside a frame."""
-
-
-def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
-    """One RESP2/RESP3 frame of ``buf`` at ``pos``: (value, position after it).
-
-    Bulk strings stay bytes, errors become ``ResponseError`` values, maps
-    become flat lists; attributes (``|``) are skipped.
-    """
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        raise _Incomplete
-    kind = buf[pos]
-    line = buf[pos + 1 : end]
-    pos = end + 2
-    if kind in (0x24, 0x3D, 0x21):  # $ bulk, = verbatim, ! bulk error
-        size = int(line)
-        if size < 0:
-            return None, pos
-        if len(buf) < pos + size + 2:
-            raise _Incomplete
-        data = buf[pos : pos + size]
-        if kind == 0x21:
-            return rex.ResponseError(data.decode("utf-8", "replace")), pos + size + 2
-        return (data[4:] if kind == 0x3D else data), pos + size + 2
-    if kind in (0x2A, 0x3E, 0x7E, 0x25, 0x7C):  # * array, > push, ~ set, % map, | attribute
-        count = int(line)
-        if count < 0:
-            return None, pos
-        if kind in (0x25, 0x7C):
-            count *= 2
-        items = []
-        for _ in range(count):
-            item, pos = _parse(buf, pos)
-            items.append(item)
-        if kind == 0x7C:  # an attribute precedes the real frame
-            return _parse(buf, pos)
-        return items, pos
-    if kind == 0x2B:  # + simple string
-        return line, pos
-    if kind == 0x2D:  # - error
-        return rex.ResponseError(line.decode("utf-8", "replace")), pos
-    if kind == 0x3A:  # : integer
-        return int(line), pos
-    if kind == 0x5F:  # _ null
-        return None, pos
-    return line, pos  # , double  # boolean  ( big number: not sent on this connection
 
 
 class _Frames:
@@ -134,9 +85,9 @@ class _Frames:
         while True:
             if self._pos < len(self._buf):
                 try:
-                    frame, self._pos = _parse(self._buf, self._pos)
+                    frame, self._pos = parse(self._buf, self._pos)
                     return frame
-                except _Incomplete:
+                except Incomplete:
                     pass
             data = await self._reader.read(65536)
             if not data:

@@ -1187,10 +1187,17 @@ class RedisSemaphore:
             slots, request.snapshot, request.states, result.slots
         ):
             slot.registered = True
-            if slot.epoch == epoch and state.mode[:1] == "w" and slot.waiting and contents:
-                # A hand-off whose notice never came (or a permit the
-                # renewal took for a dropped ticket): the waiter has it.
-                _settle(self._waits.get(slot.member), contents[0])
+            if state.mode[:1] == "w" and contents:
+                if slot.epoch == epoch and slot.waiting:
+                    # A hand-off whose notice never came (or a permit the
+                    # renewal took for a dropped ticket): the waiter has it.
+                    _settle(self._waits.get(slot.member), contents[0])
+                elif not slot.busy and slot.holding is None and slot.releasing is None:
+                    # Sent while a wait was on, run after it ended (the renewal
+                    # took a free permit for it): a renewal now adopts the
+                    # permit, instead of leaving it in the slot until then.
+                    slot.dirty = True
+                    self._renewal.kick()
             if slot.epoch == epoch and state.mode == "d":
                 slot.ticket = False
             if holding is not None and slot.holding is holding and holding.token not in contents:
