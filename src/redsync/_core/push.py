@@ -13,11 +13,9 @@ permit: a renewal finds it, and after the listener's connection broke (or
 the server dropped a subscription because its slot moved), every
 subscription is made again and its owner is told to look (``on_gap``).
 
-A message is ``<address> <rest>``; a subscription made with a ``route``
-gets only the messages whose address is ``<route>.<anything>`` (a
-primitive's instance id, then the waiter's number), found by one dict
-lookup, so a thousand instances on one channel cost nothing per message
-that is not theirs.  A subscription without a route gets every message.
+A primitive instance subscribes its own channel, so a message goes to the
+subscriptions of its channel only (one dict lookup), however many instances
+the listener serves.
 
 The connection is read and parsed by this module's own loop (see
 :class:`_Frames`), so RESP2 and RESP3 clients (redis-py 8 defaults to RESP3,
@@ -114,8 +112,6 @@ class _Listener:
         #: The answer the control command in flight waits for.
         self._answer: asyncio.Future[Any] | None = None
         self.channels: dict[str, set[Subscription]] = {}
-        #: (channel, route) -> the subscriptions with that route.
-        self._routed: dict[tuple[str, str | None], set[Subscription]] = {}
         #: Subscriptions sent and not yet confirmed.
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._dead = False
@@ -137,15 +133,9 @@ class _Listener:
 
     def _attach(self, channel: str, sub: Subscription) -> None:
         self.channels.setdefault(channel, set()).add(sub)
-        self._routed.setdefault((channel, sub.route), set()).add(sub)
 
     def _detach(self, channel: str, sub: Subscription) -> None:
         self.channels.get(channel, set()).discard(sub)
-        routed = self._routed.get((channel, sub.route))
-        if routed is not None:
-            routed.discard(sub)
-            if not routed:
-                del self._routed[(channel, sub.route)]
 
     async def _subscribe(self, channel: str) -> None:
         reply = await self._command(("SSUBSCRIBE", channel))
@@ -247,22 +237,14 @@ class _Listener:
             answer.set_result(frame)
 
     def _deliver(self, channel: str, data: str) -> None:
-        route = data.split(" ", 1)[0].rpartition(".")[0]
-        targets = [
-            *self._routed.get((channel, route), ()),
-            *self._routed.get((channel, None), ()),
-        ]
-        for sub in targets:
+        for sub in list(self.channels.get(channel, ())):
             try:
                 sub.on_message(data)
             except Exception:  # pragma: no cover - a primitive's bug must not stop the reader
                 log.exception("hand-off notice handler failed")
 
     def _dropped(self, channel: str) -> None:
-        subs = self.channels.pop(channel, set())
-        for sub in subs:
-            self._routed.pop((channel, sub.route), None)
-        for sub in subs:
+        for sub in self.channels.pop(channel, set()):
             sub.lost()
 
     def _die(self) -> None:
@@ -287,7 +269,6 @@ class _Listener:
             closing.add_done_callback(_CLOSING.discard)
         subs = [sub for group in self.channels.values() for sub in group]
         self.channels = {}
-        self._routed = {}
         for sub in subs:
             sub.lost()
 
@@ -326,8 +307,7 @@ async def _listener(link: Link) -> _Listener:
 class Subscription:
     """One primitive instance's interest in its channel.
 
-    ``on_message(data)`` gets every message published on the channel (with
-    ``route``, only those addressed to ``<route>.<anything>``);
+    ``on_message(data)`` gets every message published on the channel;
     ``on_gap()`` is called after the subscription was lost and made again
     (messages may have been missed meanwhile: look for what was handed).
     """
@@ -338,10 +318,8 @@ class Subscription:
         channel: str,
         on_message: Callable[[str], None],
         on_gap: Callable[[], None],
-        route: str | None = None,
     ) -> None:
         self._link = link
-        self.route = route
         self.channel = channel
         self.on_message = on_message
         self._on_gap = on_gap

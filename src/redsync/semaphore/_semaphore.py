@@ -717,9 +717,10 @@ class RedisSemaphore:
         assert isinstance(self._ops, LuaOps)
         ops = self._ops
         if self._sub is None:
-            self._sub = Subscription(
-                self._link, ops.channel, self._pushed, self._gap, route=self.instance_id
-            )
+            # The instance's own channel: a release that finds nobody
+            # listening on it knows this waiter is gone (see _give.lua).
+            channel = f"{ops.channel}:{self.instance_id}"
+            self._sub = Subscription(self._link, channel, self._pushed, self._gap)
         sub = self._sub
         loop = asyncio.get_running_loop()
         deadline = None if wait is None else loop.time() + wait

@@ -1,12 +1,17 @@
 -- Shared by every script that frees a permit token (a script includes it
 -- with the line '--@include give').  The token goes to the oldest queued
--- waiter whose lease is live: into the handed hash under the waiter's
--- member, with a notice "<member> <token> <ticket number>" on the
--- semaphore's channel.
--- With no live waiter it goes to the pool.  Tickets of dead waiters met on
--- the way are dropped (their slots are reclaimed with their lease).
--- Publishing uses pcall: a user without channel rights loses the notice,
--- never the hand-off (the owner's renewal finds the token).
+-- waiter that is alive: into the handed hash under the waiter's member, with
+-- a notice "<member> <token> <ticket number>" on the waiter's instance
+-- channel "<channel>:<instance>" (in the semaphore's slot: same hash tag).
+-- With no live waiter it goes to the pool.
+-- A waiter is alive while its lease is and while its instance listens on its
+-- channel: SPUBLISH answers how many connections heard the notice, and none
+-- means the process is gone (its connections closed with it) or its
+-- listener is reconnecting; the ticket is dropped and the next one tried, so
+-- a dead process absorbs no permit.  A live waiter so skipped is queued again
+-- under the same number by the renewal its reconnection starts.  A publish
+-- that fails (no channel rights) counts as heard: the owner's renewal finds
+-- the token.
 -- ``now`` (server ms) may be nil: it is read when a ticket is met.
 -- ``mine`` (may be nil): the member prefix "<instance>." of the caller.  A
 -- hand-off to a member of the caller's own instance is not published: the
@@ -28,14 +33,21 @@ local function give(pool, holders, waiters, handed, channel, token, now, ttl, mi
     end
     local lease = redis.call('ZSCORE', holders, member)
     if lease and tonumber(lease) > now and redis.call('HEXISTS', handed, member) == 0 then
-      redis.call('HSET', handed, member, token)
-      redis.call('PEXPIRE', handed, ttl)
       local notice = member .. ' ' .. token .. ' ' .. string.format('%d', tonumber(head[2]))
-      if mine and string.sub(member, 1, #mine) == mine then
-        return member, notice
+      local own = mine and string.sub(member, 1, #mine) == mine
+      local heard = 1
+      if not own then
+        local instance = string.match(member, '^(.*)%.[^.]*$') or member
+        heard = redis.pcall('SPUBLISH', channel .. ':' .. instance, notice)
       end
-      redis.pcall('SPUBLISH', channel, notice)
-      return member, nil
+      if type(heard) ~= 'number' or heard > 0 then
+        redis.call('HSET', handed, member, token)
+        redis.call('PEXPIRE', handed, ttl)
+        if own then
+          return member, notice
+        end
+        return member, nil
+      end
     end
   end
   redis.call('RPUSH', pool, token)
