@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import redis.asyncio as aioredis
+from devtools.servers import RedisServer
 
 from redsync._core.keys import KeySpace
 
@@ -53,3 +55,13 @@ async def assert_permits(
     assert len(set(every)) == count, f"duplicated permit in {where}"
     if free is not None:
         assert len(where["pool"]) == free, f"expected {free} free permits, found {where}"
+
+
+def clients_named(server: RedisServer, name: str) -> list[dict[str, str]]:
+    """CLIENT LIST entries called ``name`` (the redis-cli connection asking is not among them)."""
+    found = []
+    for line in server.cli("CLIENT", "LIST").splitlines():
+        fields = dict(re.findall(r"(\S+?)=(\S*)", line))
+        if fields.get("name") == name:
+            found.append(fields)
+    return found

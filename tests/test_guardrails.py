@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from devtools import wait_until
 from devtools.servers import RedisServer
 
-from helpers import assert_permits, keyspace, tokens
+from helpers import assert_permits, clients_named, keyspace, tokens
 from redsync import RedisEvent, RedisSemaphore, SemaphoreInitStrategy
 from redsync._core.link import MAX_KEPT
 
@@ -218,16 +218,6 @@ async def test_contended_acquisitions_cost_about_two_commands(
     for sem in sems:
         await sem.close()
     await assert_permits(redis_factory(private_server.url), unique_name, 1, free=1)
-
-
-def clients_named(server: RedisServer, name: str) -> list[dict[str, str]]:
-    """CLIENT LIST entries called ``name`` (the redis-cli connection asking is not among them)."""
-    found = []
-    for line in server.cli("CLIENT", "LIST").splitlines():
-        fields = dict(re.findall(r"(\S+?)=(\S*)", line))
-        if fields.get("name") == name:
-            found.append(fields)
-    return found
 
 
 def other_clients(server: RedisServer) -> list[dict[str, str]]:

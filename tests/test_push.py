@@ -25,19 +25,10 @@ import redis.asyncio as aioredis
 from devtools import wait_until
 from devtools.servers import RedisServer
 
-from helpers import assert_permits, keyspace
+from helpers import assert_permits, clients_named, keyspace
 from redsync import RedisSemaphore
 
 HOLDER = str(Path(__file__).parent / "workers" / "holder.py")
-
-
-def connections_named(server: RedisServer, name: str) -> list[dict[str, str]]:
-    found = []
-    for line in server.cli("CLIENT", "LIST").splitlines():
-        fields = dict(re.findall(r"(\S+?)=(\S*)", line))
-        if fields.get("name") == name:
-            found.append(fields)
-    return found
 
 
 async def queued(client: aioredis.Redis, name: str) -> int:
@@ -83,7 +74,7 @@ async def test_a_thousand_waiting_instances_use_at_most_eight_connections(
             return await queued(observer, unique_name) == 1000
 
         await wait_until(all_queued, timeout=60)
-        conns = connections_named(private_server, name)
+        conns = clients_named(private_server, name)
         print(f"\n1 holder + 1,000 waiting instances: {len(conns)} connections")
         assert len(conns) <= 8, conns
         assert not any(c.get("cmd", "").startswith("bl") for c in conns), conns
@@ -94,7 +85,7 @@ async def test_a_thousand_waiting_instances_use_at_most_eight_connections(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert passed == 1000 and peak == 1
-    assert len(connections_named(private_server, name)) <= 8
+    assert len(clients_named(private_server, name)) <= 8
     for sem in [holder, *waiters]:
         await sem.close()
     await assert_permits(observer, unique_name, 1, free=1)
@@ -131,7 +122,7 @@ async def test_five_hundred_semaphores_with_four_waiters_each_use_at_most_sixtee
 
         await wait_until(lambda: sum(s._waiting for s in waiters) == 2000, timeout=60)
         await wait_until(all_queued, timeout=60)
-        conns = connections_named(private_server, name)
+        conns = clients_named(private_server, name)
         print(f"\n500 semaphores x (1 holder + 4 waiters): {len(conns)} connections")
         assert len(conns) <= 16, conns
         took = await drain(holders, tasks)

@@ -151,7 +151,7 @@ class _Replies:
     timeout closes the connection, as redis-py's does.
     """
 
-    __slots__ = ("_buf", "_conn", "_error", "_pos", "_reader", "_timer", "expired")
+    __slots__ = ("_buf", "_conn", "_pos", "_reader", "_timer", "expired")
 
     def __init__(self, conn: AbstractConnection, reader: asyncio.StreamReader) -> None:
         self._conn = conn
@@ -160,15 +160,13 @@ class _Replies:
         self._pos = 0
         self._timer: asyncio.TimerHandle | None = None
         self.expired = False
-        parse_error = conn._parser.parse_error
 
-        def error(message: str) -> BaseException:
-            exc: BaseException = parse_error(message)  # type: ignore[no-untyped-call]
-            if isinstance(exc, rex.ConnectionError):
-                raise exc
-            return exc
-
-        self._error = error
+    def _error(self, message: str) -> BaseException:
+        """An error reply, as the exception redis-py's parser would make of it."""
+        exc: BaseException = self._conn._parser.parse_error(message)  # type: ignore[no-untyped-call]
+        if isinstance(exc, rex.ConnectionError):
+            raise exc
+        return exc
 
     @classmethod
     def of(cls, conn: AbstractConnection, timeout: float | None) -> _Replies | None:
