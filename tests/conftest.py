@@ -262,6 +262,14 @@ def private_server(redis_server_factory: ServerFactory) -> RedisServer:
 
 
 @pytest.fixture
+def primary_and_replica(redis_server_factory: ServerFactory) -> tuple[RedisServer, RedisServer]:
+    """A private primary and its replica (wait for the link: ``helpers.replica_linked``)."""
+    primary = redis_server_factory()
+    replica = redis_server_factory(["--replicaof", primary.host, str(primary.port)])
+    return primary, replica
+
+
+@pytest.fixture
 async def fault_proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
     """A started :class:`FaultProxy` in front of ``redis_url``'s server.
 

@@ -65,3 +65,8 @@ def clients_named(server: RedisServer, name: str) -> list[dict[str, str]]:
         if fields.get("name") == name:
             found.append(fields)
     return found
+
+
+async def replica_linked(replica: RedisServer) -> bool:
+    """The replica's link to its primary is up (for ``wait_until``)."""
+    return "master_link_status:up" in replica.cli("INFO", "replication")

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from devtools import wait_until
 from devtools.servers import RedisServer
 
-from helpers import assert_permits, clients_named, keyspace
+from helpers import assert_permits, clients_named, keyspace, replica_linked
 from redsync import RedisSemaphore
 
 HOLDER = str(Path(__file__).parent / "workers" / "holder.py")
@@ -219,9 +219,12 @@ async def test_a_killed_listener_connection_loses_no_hand_off(
 ) -> None:
     """The listening connection is killed just before the release: the notice is
     published to nobody, and the re-subscription looks for what was handed."""
+    from redsync._core import push
+
     name = f"listener-{unique_name}"
     holder = await RedisSemaphore.create(redis, unique_name, count=1, lease_ttl=60)
-    waiter = await RedisSemaphore.attach(redis_factory(client_name=name), unique_name, lease_ttl=60)
+    waiter_client = redis_factory(client_name=name, socket_timeout=7)
+    waiter = await RedisSemaphore.attach(waiter_client, unique_name, lease_ttl=60)
     await holder.acquire()
     for _ in range(3):
         task = asyncio.ensure_future(waiter.acquire())
@@ -241,6 +244,14 @@ async def test_a_killed_listener_connection_loses_no_hand_off(
         await holder.acquire(timeout=5)
     await holder.release()
     await assert_permits(redis, unique_name, 1, free=1)
+    # The listener reads without a timeout; its connections go back to the
+    # pool with the client's own, for the commands that borrow them next.
+    await wait_until(lambda: not push._CLOSING, timeout=5)
+    pool = waiter_client.connection_pool
+    listening = [x._conn for x in push._LISTENERS[asyncio.get_running_loop()].values()]
+    conns = [*pool._available_connections, *pool._in_use_connections]  # type: ignore[attr-defined]
+    assert len(conns) > len(listening) == 1
+    assert {c.socket_timeout for c in conns if c not in listening} == {7}
     await holder.close()
     await waiter.close()
 
@@ -326,6 +337,107 @@ async def test_without_channel_rights_waiters_use_blocking_connections(
     for sem in [holder, *waiters]:
         await sem.close()
     await assert_permits(redis_factory(private_server.url), unique_name, 1, free=1)
+
+
+async def test_a_waiter_heard_only_on_a_replica_gets_no_notice_of_a_dropped_hand_off(
+    primary_and_replica: tuple[RedisServer, RedisServer],
+    redis_factory: Callable[..., aioredis.Redis],
+    unique_name: str,
+) -> None:
+    """A subscriber on a replica hears what the master publishes, but the
+    master does not count it.  A release that finds nobody listening on the
+    master skips the ticket, and must not have told the replica's subscriber
+    that the permit was handed to it (a failover left a process's listener
+    on its old master, now a replica: it took such notices and used permits
+    that others held)."""
+    primary, replica = primary_and_replica
+    await wait_until(lambda: replica_linked(replica), timeout=15)
+    client = redis_factory(primary.url)
+    holder = await RedisSemaphore.create(client, unique_name, count=1, lease_ttl=10)
+    await holder.acquire()
+    keys = keyspace(unique_name)
+    ops = holder._ops
+    # A waiter whose instance listens only on the replica: its slot and lease
+    # are real, its ticket is queued on the primary.
+    member, channel = "elsewhere.0", f"{ops.channel}:elsewhere"
+    await client.rpush(ops.slot_key(member), "")
+    seconds, micros = await client.time()
+    await client.zadd(keys.key("holders"), {member: seconds * 1000 + micros // 1000 + 10_000})
+    far = redis_factory(replica.url, protocol=2)
+    pubsub = far.pubsub()
+    await pubsub.execute_command("SSUBSCRIBE", channel)
+    assert await pubsub.parse_response(timeout=5) is not None  # the confirmation
+    status, number, listening = await ops.enqueue(member, holder._gen, 10_000, channel)
+    assert status == 0 and number is not None
+    assert listening is False, "enqueue reports that nobody listens for it on the primary"
+    await holder.release()
+    # Messages of one channel arrive in order: once the marker is in, any
+    # notice the release published would be in too.
+    await client.execute_command("SPUBLISH", channel, "marker")
+    heard: list[str] = []
+    deadline = time.monotonic() + 10
+    while "marker" not in heard and time.monotonic() < deadline:
+        message = await pubsub.parse_response(block=False, timeout=0.5)
+        if message is not None:
+            heard.append(message[2].decode())
+    assert heard == ["marker"], "no notice for a hand-off that did not happen"
+    assert await client.zscore(keys.key("waiters"), member) is None, "the ticket was skipped"
+    assert await client.hgetall(keys.key("handed")) == {}
+    await assert_permits(client, unique_name, 1, free=1)
+    await pubsub.aclose()
+    await holder.close()
+
+
+async def test_a_listener_left_on_a_replica_moves_and_its_waiter_is_served(
+    primary_and_replica: tuple[RedisServer, RedisServer],
+    redis_factory: Callable[..., aioredis.Redis],
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The waiter's listener starts on the replica (as after a failover that
+    made its node one): queueing reports that the primary does not hear it,
+    the listener moves, and the next release hands the permit over."""
+    from redsync._core import link as link_module
+    from redsync._core import push
+
+    primary, replica = primary_and_replica
+    await wait_until(lambda: replica_linked(replica), timeout=15)
+    client = redis_factory(primary.url)
+    holder = await RedisSemaphore.create(client, unique_name, count=1, lease_ttl=10)
+    waiter = await RedisSemaphore.attach(redis_factory(primary.url), unique_name, lease_ttl=10)
+    await holder.acquire()
+    elsewhere = link_module._Pool(redis_factory(replica.url).connection_pool)
+    original = push._listener
+    placed: list[push._Listener] = []
+
+    async def misplaced_first(link: link_module.Link) -> push._Listener:
+        if placed:
+            return await original(link)
+        right = await original(link)  # registered under the primary's key
+        wrong = push._Listener(elsewhere, right._registry, right.key)
+        right._registry[right.key] = wrong
+        placed.append(wrong)
+        return wrong
+
+    monkeypatch.setattr(push, "_listener", misplaced_first)
+    task = asyncio.ensure_future(waiter.acquire())
+    await wait_until(lambda: bool(placed) and placed[0]._dead, timeout=10)
+    channel = f"{waiter._ops.channel}:{waiter.instance_id}"  # type: ignore[attr-defined]
+
+    async def heard_on_primary() -> bool:
+        (_, count) = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+        return int(count) == 1
+
+    await wait_until(heard_on_primary, timeout=10)
+    await wait_until(lambda: queued(client, unique_name), timeout=10)
+    await holder.release()
+    await asyncio.wait_for(task, 5)
+    assert (await waiter.statistics()).held_here == 1
+    await assert_permits(client, unique_name, 1, free=0)
+    await waiter.release()
+    await assert_permits(client, unique_name, 1, free=1)
+    await holder.close()
+    await waiter.close()
 
 
 def test_the_listener_parses_resp2_and_resp3_frames_split_anywhere() -> None:

@@ -11,21 +11,10 @@ import redis.asyncio as aioredis
 from devtools import wait_until
 from devtools.servers import RedisServer
 
-from helpers import assert_permits
+from helpers import assert_permits, replica_linked
 from redsync import RedisSemaphore
 
 ServerFactory = Callable[..., RedisServer]
-
-
-@pytest.fixture
-def primary_and_replica(redis_server_factory: ServerFactory) -> tuple[RedisServer, RedisServer]:
-    primary = redis_server_factory()
-    replica = redis_server_factory(["--replicaof", primary.host, str(primary.port)])
-    return primary, replica
-
-
-async def replica_linked(replica: RedisServer) -> bool:
-    return "master_link_status:up" in replica.cli("INFO", "replication")
 
 
 async def test_writes_wait_for_the_replica_and_reach_it(

@@ -18,7 +18,8 @@ each was in) and lets their supervisor start a fresh one.
 
 Notices: with ``notice_faults`` (the default), one in twenty hand-off
 notices the semaphore receives is dropped and one in ten delayed by up to
-half a second (``NOTICE`` ledger lines), so permits must also arrive
+half a second (``NOTICE`` ledger lines; the others are recorded as delivered,
+with the port of the server the listener reads), so permits must also arrive
 through the renewal that reports them, and late notices must do no harm.
 
 SIGTERM: stop looping, give tasks ``stop_grace`` seconds to finish their
@@ -108,6 +109,11 @@ class Worker:
                 self.rec("NOTICE", "-", f"delay {delay:.3f} {data}")
                 loop.call_later(delay, deliver, data)
             else:
+                # Which server the listener reads (internal detail): a notice
+                # taken from a node that no longer serves the slot is a lead.
+                listener = getattr(getattr(self.sem, "_sub", None), "_listener", None)
+                port = getattr(getattr(listener, "_conn", None), "port", None)
+                self.rec("NOTICE", "-", f"ok {port} {data}")
                 deliver(data)
 
         self.sem._pushed = disturbed
@@ -287,7 +293,7 @@ class Worker:
                 await asyncio.sleep(0.05)
 
     async def _hold(self, st: TaskState, hold: float) -> None:
-        self.rec("ENTER", st.name)
+        self.rec("ENTER", st.name, self._held_token())
         st.holding = True
         st.phase = "hold"
         try:
@@ -296,6 +302,18 @@ class Worker:
             st.holding = False
             self.rec("EXIT", st.name)
             st.phase = "release"
+
+    def _held_token(self) -> str:
+        """Best effort: "<token> <member>" of the permit this task holds (internal
+        detail), so that a doubled permit can be traced in the ledgers."""
+        me = asyncio.current_task()
+        try:
+            for holding in self.sem._held.values():
+                if holding.owner is me:
+                    return f"{holding.token} {holding.slot.member} {getattr(holding, 'via', '')}"
+        except Exception:
+            pass
+        return ""
 
     # -- event -------------------------------------------------------------------
 

@@ -115,6 +115,8 @@ class _Listener:
         #: Subscriptions sent and not yet confirmed.
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._dead = False
+        #: The connection's own read timeout, restored when it goes back.
+        self._timeout: float | None = None
 
     async def add(self, channel: str, sub: Subscription) -> None:
         """Subscribe ``sub`` to ``channel``; returns once the server confirmed it."""
@@ -174,9 +176,15 @@ class _Listener:
             try:
                 if self._conn is None:
                     self._conn = await self._pool.get()
-                    if not self._conn.is_connected:
-                        await self._conn.connect()  # type: ignore[no-untyped-call]
-                    self._conn.socket_timeout = None  # the reader waits as long as it takes
+                    # Always a new connection: one the pool kept may lead to a
+                    # server that is no longer the master (a Sentinel-managed
+                    # connection looks the master up when it connects).
+                    await self._conn.disconnect()
+                    await self._conn.connect()  # type: ignore[no-untyped-call]
+                    # The reader waits as long as it takes; the pool's timeout is
+                    # put back with the connection (see _give_back).
+                    self._timeout = self._conn.socket_timeout
+                    self._conn.socket_timeout = None
                     self._reader = asyncio.ensure_future(self._read(self._conn))
                     self._pinger = asyncio.ensure_future(self._ping())
                 await self._conn.send_packed_command(
@@ -273,6 +281,7 @@ class _Listener:
             sub.lost()
 
     async def _give_back(self, conn: AbstractConnection) -> None:
+        conn.socket_timeout = self._timeout
         try:
             await conn.disconnect(nowait=True)
         except Exception:  # pragma: no cover - closing a broken socket
@@ -328,6 +337,9 @@ class Subscription:
         self._rejoin: asyncio.Task[None] | None = None
         self.refused: str | None = None
         self._closed = False
+        #: Counts the subscriptions made, so a report about one of them
+        #: (see :meth:`misplaced`) is not taken for a later one.
+        self.joined = 0
 
     @property
     def active(self) -> bool:
@@ -382,6 +394,25 @@ class Subscription:
             await listener.remove(self.channel, self)
             return
         self._listener = listener
+        self.joined += 1
+
+    def misplaced(self, joined: int) -> None:
+        """The node the scripts run on has no connection subscribed to this
+        channel, although subscription ``joined`` was on when they ran.
+
+        So the listener is on another node: a failover made its node a
+        replica (a replica takes subscriptions, and hears what the master
+        publishes, but the master's count of listeners leaves it out), or
+        its connection is gone and it has not noticed yet.  Its connection
+        is closed, and every subscription on it is made again through a
+        fresh route.
+        """
+        listener = self._listener
+        if listener is None or joined != self.joined or self._closed:
+            return
+        log.info("hand-off listener of %s is not on the node serving it; moving", self.channel)
+        self._link._mark_stale()
+        listener._die()
 
     def lost(self) -> None:
         """The listener lost this subscription: make it again, then report a gap."""

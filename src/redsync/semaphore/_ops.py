@@ -56,6 +56,9 @@ class RenewResult:
     #: (member, ticket number) of waiting members whose ticket had been
     #: dropped and was queued again.
     requeued: list[tuple[str, str]] = field(default_factory=list)
+    #: False when the node has no connection subscribed to the channel the
+    #: renewal named: the instance's listener is elsewhere and must move.
+    listening: bool = True
     count: int = 0
     gen: str = ""
 
@@ -81,6 +84,7 @@ class SemaphoreOps(Protocol):
         strategy: str,
         ttl_ms: int,
         recover_ms: int,
+        channel: str = "",
     ) -> RenewResult: ...
     async def reclaim(self, members: Sequence[str], gen: str, ttl_ms: int) -> int: ...
     async def refill(self, members: Sequence[str], count: int, gen: str, ttl_ms: int) -> int: ...
@@ -133,7 +137,8 @@ def renew_result(reply: Any) -> RenewResult:
         stale_members=_strings(reply[1]),
         refill_due=bool(int(reply[2])),
         requeued=_pairs(_strings(reply[3])),
-        slots=[_strings(c) for c in reply[4:]],
+        listening=bool(int(reply[4])),
+        slots=[_strings(c) for c in reply[5:]],
     )
 
 
@@ -163,10 +168,14 @@ class LuaOps(_Base):
         reply = await self._run("release", keys, args)
         return int(reply[0]), (text(reply[1]) if len(reply) > 1 else None)
 
-    async def enqueue(self, member: str, gen: str, ttl_ms: int) -> tuple[int, str | None]:
+    async def enqueue(
+        self, member: str, gen: str, ttl_ms: int, channel: str
+    ) -> tuple[int, str | None, bool]:
         """Take a permit into ``member``'s slot, or queue it as a waiter (see enqueue.lua).
 
-        Returns ``(1, token)``, ``(0, ticket number)`` or ``(status < 0, None)``.
+        Returns ``(1, token, True)``, ``(0, ticket number, listening)`` or
+        ``(status < 0, None, True)``; ``listening`` is False when this node
+        has no connection subscribed to ``channel`` (the instance's channel).
         """
         keys = [
             self.meta_key,
@@ -175,8 +184,9 @@ class LuaOps(_Base):
             self.waiters_key,
             self.handed_key,
         ]
-        reply = await self._run("enqueue", keys, [member, gen, ttl_ms])
-        return int(reply[0]), (text(reply[1]) if len(reply) > 1 else None)
+        reply = await self._run("enqueue", keys, [member, gen, ttl_ms, channel])
+        listening = len(reply) < 3 or bool(int(reply[2]))
+        return int(reply[0]), (text(reply[1]) if len(reply) > 1 else None), listening
 
     async def dequeue(self, member: str) -> str | None:
         """Drop ``member``'s ticket; the token its slot got meanwhile, if any."""
@@ -192,8 +202,9 @@ class LuaOps(_Base):
         strategy: str,
         ttl_ms: int,
         recover_ms: int,
+        channel: str = "",
     ) -> RenewResult:
-        keys, args = self.renew_call(slots, count, gen, strategy, ttl_ms, recover_ms)
+        keys, args = self.renew_call(slots, count, gen, strategy, ttl_ms, recover_ms, channel)
         return renew_result(await self._run("renew", keys, args))
 
     def renew_call(
@@ -204,10 +215,15 @@ class LuaOps(_Base):
         strategy: str,
         ttl_ms: int,
         recover_ms: int,
+        channel: str = "",
     ) -> tuple[list[str], list[Any]]:
-        """The keys and arguments of the renewal script (sent in shared batches)."""
+        """The keys and arguments of the renewal script (sent in shared batches).
+
+        ``channel``: the instance's channel, while it is subscribed: the
+        renewal reports whether this node has it (see ``listening``).
+        """
         keys = [*self._shared(), *(slot.key for slot in slots)]
-        args: list[Any] = [ttl_ms, count, gen, strategy, recover_ms, len(slots)]
+        args: list[Any] = [ttl_ms, count, gen, strategy, recover_ms, len(slots), channel]
         for slot in slots:
             args += [slot.member, slot.mode, len(slot.tokens), *slot.tokens]
         return keys, args
@@ -312,6 +328,7 @@ class TxOps(_Base):
         strategy: str,
         ttl_ms: int,
         recover_ms: int,
+        channel: str = "",
     ) -> RenewResult:
         own = {slot.member for slot in slots}
 

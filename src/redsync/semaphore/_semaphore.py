@@ -171,6 +171,10 @@ class _RenewRequest:
     snapshot: list[tuple[int, bool, _Holding | None, str | None]]
     states: list[SlotState]
     partial: bool
+    #: The instance's channel, if it was subscribed (the renewal reports
+    #: whether the node has it), and which subscription that was.
+    channel: str = ""
+    joined: int = -1
 
 
 @dataclass(eq=False)
@@ -779,15 +783,22 @@ class RedisSemaphore:
             self._waits[slot.member] = fut
             slot.waiting = True
             slot.epoch += 1
-            member = slot.member
+            member, joined = slot.member, sub.joined
             try:
-                status, answer = await retrying(
-                    lambda _, member=member: ops.enqueue(member, self._gen, self._ttl_ms),  # type: ignore[misc]
+                status, answer, listening = await retrying(
+                    lambda _, member=member: ops.enqueue(  # type: ignore[misc]
+                        member, self._gen, self._ttl_ms, sub.channel
+                    ),
                     what="semaphore acquire",
                 )
             except BaseException:
                 self._abandon(slot)
                 raise
+            if not listening:
+                # Queued where nobody hears this instance: releases skip the
+                # ticket until the listener has moved (its gap renews, and
+                # the renewal queues the ticket again).
+                sub.misplaced(joined)
             token = answer if status == 1 else None
             if status == 0 and answer is not None:
                 self._numbered(slot, answer)
@@ -905,14 +916,22 @@ class RedisSemaphore:
             self._renewal.kick()
 
     async def _look(self) -> None:
-        members = list(self._waits)
-        if not members:
+        """Settle the waits whose permit is already in the handed hash.
+
+        Only a wait that was on before the look was sent, and is still on,
+        takes what it finds: while the reply was on its way, the wait it was
+        meant for may have ended (the notice came), its permit been released
+        and handed on, and its slot wait again, so what the reply shows is
+        no longer that slot's.
+        """
+        waits = dict(self._waits)
+        if not waits:
             return
         handed_key = self._ops.handed_key  # type: ignore[attr-defined]
-        found = await self._link.call("HMGET", handed_key, *members)
-        for member, token in zip(members, found):
-            if token is not None:
-                _settle(self._waits.get(member), text(token))
+        found = await self._link.call("HMGET", handed_key, *waits)
+        for (member, fut), token in zip(waits.items(), found):
+            if token is not None and self._waits.get(member) is fut:
+                _settle(fut, text(token))
 
     # -- internals ------------------------------------------------------------
 
@@ -1092,7 +1111,7 @@ class RedisSemaphore:
         await self._sync_lock.acquire()
         try:
             request = self._renewal_request(None)
-            keys, args = self._ops.renew_call(request.states, *self._renew_args())
+            keys, args = self._ops.renew_call(request.states, *self._renew_args(), request.channel)
             command: Command = ("EVALSHA", SCRIPTS["renew"].sha, len(keys), *keys, *args)
         except BaseException:
             self._sync_lock.release()
@@ -1122,7 +1141,7 @@ class RedisSemaphore:
             (reply,) = replies
             if isinstance(reply, rex.NoScriptError):  # a restarted or flushed server
                 assert isinstance(self._ops, LuaOps)
-                result = await self._ops.renew(request.states, *self._renew_args())
+                result = await self._ops.renew(request.states, *self._renew_args(), request.channel)
             else:
                 result = renew_result(self._link.check(reply))
             await self._renewed(request, result)
@@ -1153,12 +1172,17 @@ class RedisSemaphore:
             mode = "w" + (slot.number or "") if slot.waiting else "d" if slot.ticket else "-"
             states.append(SlotState(slot.member, slot.key, tokens, mode))
         sent_at = asyncio.get_running_loop().time()
-        return _RenewRequest(sent_at, slots, snapshot, states, only is not None)
+        request = _RenewRequest(sent_at, slots, snapshot, states, only is not None)
+        sub = self._sub
+        if sub is not None and sub.active and self._waits:
+            request.channel, request.joined = sub.channel, sub.joined
+        return request
 
     async def _renew_once(self, only: list[_Slot] | None = None) -> None:
         """Renew every slot's lease (or only those of ``only``) and settle what it finds."""
         request = self._renewal_request(only)
-        await self._renewed(request, await self._ops.renew(request.states, *self._renew_args()))
+        result = await self._ops.renew(request.states, *self._renew_args(), request.channel)
+        await self._renewed(request, result)
 
     async def _renewed(self, request: _RenewRequest, result: RenewResult) -> None:
         """Act on what a renewal found: lost holdings, orphans, dead holders, recovery."""
@@ -1184,6 +1208,8 @@ class RedisSemaphore:
             return
         if result.status == "restored":
             log.warning("semaphore %r: keys were missing; re-established them", self.name)
+        if not result.listening and self._sub is not None:
+            self._sub.misplaced(request.joined)
         for slot, (epoch, busy, holding, releasing), state, contents in zip(
             slots, request.snapshot, request.states, result.slots
         ):

@@ -7,11 +7,16 @@
 -- reports the token the first attempt took or was handed, or the ticket.
 -- KEYS[1] meta   KEYS[2] pool   KEYS[3] slot   KEYS[4] waiters   KEYS[5] handed
 -- ARGV[1] member   ARGV[2] generation   ARGV[3] ttl ms
--- Returns {1, token} (this slot holds token), {0, number} (queued as
--- ticket number), {-1} (the
+-- ARGV[4] the instance's channel "<channel>:<instance>"
+-- Returns {1, token} (this slot holds token), {0, number, listening} (queued
+-- as ticket number; listening is 0 when no connection of this node is
+-- subscribed to the instance's channel: its listener is elsewhere, see
+-- _give.lua, and must move before any release hands this ticket a permit),
+-- {-1} (the
 -- semaphore is gone), {-2} (another generation), {-3} (the slot does not
 -- exist: register it first).
 --@include ticket
+--@include listening
 local gen = redis.call('HGET', KEYS[1], 'gen')
 if not gen then
   return {-1}
@@ -31,8 +36,9 @@ if held then
   return {1, held}
 end
 local queued = redis.call('ZSCORE', KEYS[4], ARGV[1])
+local heard = listening(ARGV[4]) and 1 or 0
 if queued then
-  return {0, string.format('%d', tonumber(queued))}
+  return {0, string.format('%d', tonumber(queued)), heard}
 end
 local token = redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT')
 if token then
@@ -41,4 +47,4 @@ end
 local number = ticket_number(KEYS[1])
 redis.call('ZADD', KEYS[4], number, ARGV[1])
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-return {0, number}
+return {0, number, heard}

@@ -9,6 +9,7 @@
 -- ARGV[1] ttl ms   ARGV[2] generation   ARGV[3] n   ARGV[3+i] member i
 -- ARGV[4+n] recovery window ms   ARGV[5+n] the semaphore's channel
 -- Returns the number of permits handed on, or -1 if the generation differs.
+--@include listening
 --@include give
 local ttl = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[2] then

@@ -9,6 +9,7 @@
 -- yet, -1 on another generation, -2 if the member list is out of date (list
 -- again and retry), -3 if a registered member has not renewed since the
 -- window opened (try again later: it may hold a permit it has yet to put back).
+--@include listening
 --@include give
 local meta = redis.call('HMGET', KEYS[1], 'gen', 'recover')
 if meta[1] ~= ARGV[3] then

@@ -10,6 +10,7 @@
 -- same instance (the notice it was not sent), {0} not held (reclaimed or
 -- already released), {-1} the semaphore is gone (it is re-established
 -- without this token), {-2} the semaphore now belongs to another generation.
+--@include listening
 --@include give
 local gen = redis.call('HGET', KEYS[1], 'gen')
 local removed = redis.call('LREM', KEYS[3], 1, ARGV[1])

@@ -5,6 +5,7 @@
 -- KEYS[5+i] slot i
 -- ARGV[1] ttl ms   ARGV[2] count   ARGV[3] generation   ARGV[4] strategy
 -- ARGV[5] recovery window ms   ARGV[6] number of slots n
+-- ARGV[7] the instance's channel "<channel>:<instance>" ('' for none)
 -- then for each slot: member, mode, k, and the k tokens the instance holds
 -- on it; mode 'w<number>': a task waits on this slot as that ticket number
 -- (keep its ticket queued: queue it again under the same number if it was
@@ -12,11 +13,13 @@
 -- queue under a new one), 'd': drop any ticket (the wait ended without an
 -- answer), '-': nothing.
 -- Returns {status, stale members, refill due (0/1), {member, number, ...}
--- of the tickets queued again,
+-- of the tickets queued again, listening (0: no connection of this node is
+-- subscribed to the instance's channel, see _give.lua; 1 otherwise),
 -- contents of slot 1, ...} where status is 'ok', 'restored' or 'stale'
 -- ({'stale', count, gen}).  A slot's content is its list (marker removed)
 -- and the token handed to its member, if any.
 --@include ticket
+--@include listening
 local ttl = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -32,7 +35,7 @@ if not meta[1] then
 elseif meta[1] ~= ARGV[2] or meta[2] ~= ARGV[3] then
   -- The semaphore was re-created under a new generation: what this
   -- instance holds is void.  Drop its slots and registrations.
-  local idx = 7
+  local idx = 8
   for i = 1, n do
     redis.call('DEL', KEYS[5 + i])
     redis.call('ZREM', KEYS[3], ARGV[idx])
@@ -53,8 +56,11 @@ if recover == 0 and redis.call('ZCARD', KEYS[3]) == 0
   redis.call('HSET', KEYS[1], 'recover', recover)
   status = 'restored'
 end
-local out = {status, {}, 0, {}}
-local idx = 7
+local out = {status, {}, 0, {}, 1}
+if ARGV[7] ~= '' and not listening(ARGV[7]) then
+  out[5] = 0
+end
+local idx = 8
 for i = 1, n do
   local key = KEYS[5 + i]
   local member = ARGV[idx]
@@ -115,7 +121,7 @@ for i = 1, n do
   if handed then
     content[#content + 1] = handed
   end
-  out[4 + i] = content
+  out[5 + i] = content
   idx = idx + 3 + k
 end
 redis.call('PEXPIRE', KEYS[4], ttl)
