@@ -243,6 +243,15 @@ async def test_close_stops_waiters_and_is_idempotent(
     with pytest.raises(Exception, match="closed"):
         await waiter
     await sem.release()  # a held permit stays releasable after close()
+    # The wait close() cut leaves the queue in the background (bounded by
+    # close()'s own wait), handing on a permit that reached it meanwhile; the
+    # reads below are not atomic, so they wait until the permit settles.
+    pool = keyspace(unique_name).key("pool")
+
+    async def back() -> bool:
+        return int(await redis.llen(pool)) == 1
+
+    await wait_until(back, timeout=10, message="the permit is back in the pool")
     await assert_permits(redis, unique_name, 1, free=1)
 
 
