@@ -1115,14 +1115,19 @@ class Run:
                 f"{len(unexplained_eps) + omitted} over-admission episode(s) "
                 f"(max {obs.max_holders} holders for {opts.count} permits)"
             )
-        if explained_eps:
-            text = f"{len(explained_eps)} over-admission episode(s) after a lossy failover"
+
+        def after_lossy_failover(text: str) -> None:
+            # --strict holds replicas=N to what it promises: writes that N
+            # replicas acknowledged; with shortfalls reported, some were not.
             if shortfalls and wait_effective["semaphore"]:
-                # --strict holds replicas=N to what it promises: writes that N
-                # replicas acknowledged; these ones were reported short.
                 explained.append(f"{text}, {shortfalls} replica shortfall(s)")
             else:
                 (violations if opts.strict else explained).append(text)
+
+        if explained_eps:
+            after_lossy_failover(
+                f"{len(explained_eps)} over-admission episode(s) after a lossy failover"
+            )
         if not res.get("quiescent"):
             violations.append(
                 f"permits not all back in the pool {res.get('quiescence_s')} s after the "
@@ -1138,9 +1143,7 @@ class Run:
             )
             after_lossy = all(any(b <= t <= e for b, e in lossy) for t in self.snapshots.bad_at)
             if lossy and after_lossy:
-                text += " (all after a lossy failover"
-                text += f", {shortfalls} replica shortfall(s))" if shortfalls else ")"
-                (violations if opts.strict and not shortfalls else explained).append(text)
+                after_lossy_failover(f"{text}, all after a lossy failover")
             else:
                 violations.append(text)
         if permits["lost"]:

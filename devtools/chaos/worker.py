@@ -310,7 +310,7 @@ class Worker:
         try:
             for holding in self.sem._held.values():
                 if holding.owner is me:
-                    return f"{holding.token} {holding.slot.member} {getattr(holding, 'via', '')}"
+                    return f"{holding.token} {holding.slot.member}"
         except Exception:
             pass
         return ""

@@ -36,9 +36,8 @@ if held then
   return {1, held}
 end
 local queued = redis.call('ZSCORE', KEYS[4], ARGV[1])
-local heard = listening(ARGV[4]) and 1 or 0
 if queued then
-  return {0, string.format('%d', tonumber(queued)), heard}
+  return {0, string.format('%d', tonumber(queued)), listening(ARGV[4]) and 1 or 0}
 end
 local token = redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT')
 if token then
@@ -47,4 +46,4 @@ end
 local number = ticket_number(KEYS[1])
 redis.call('ZADD', KEYS[4], number, ARGV[1])
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-return {0, number, heard}
+return {0, number, listening(ARGV[4]) and 1 or 0}
