@@ -206,5 +206,7 @@ async def test_an_event_works_without_scripting(
     assert not await waiter.is_set()
     await setter.close()
     await waiter.close()
-    assert scripting_calls(nolua_server) == {}
-    assert rejected_scripting_calls(nolua_server) == 0
+    # Events try their scripts once per process and key prefix; refused,
+    # they wait on blocking connections and set with MULTI.
+    assert scripting_calls(nolua_server) in ({}, {"evalsha": 0})
+    assert rejected_scripting_calls(nolua_server) == 1

@@ -845,8 +845,10 @@ async def test_wait_long_or_unbounded_timeout_waits(
 
 
 async def _waiting(event: RedisEvent) -> bool:
+    """One task waits, queued in the event's queue in Redis."""
     stats = await event.statistics()
-    return stats.tasks_waiting == 1 and stats.lanes_active == 1
+    queued = await event._link.call("ZCARD", event._queue.waiters)
+    return stats.tasks_waiting == 1 and int(queued) == 1
 
 
 @pytest.mark.parametrize("timeout", [None, math.inf, 1e12], ids=repr)

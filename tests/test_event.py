@@ -54,6 +54,13 @@ async def connections_named(client: aioredis.Redis, client_name: str) -> int:
     return sum(1 for c in await client.client_list() if c.get("name") == client_name)
 
 
+def on_lanes(event: RedisEvent) -> RedisEvent:
+    """Make ``event`` wait on blocking connections (its fallback when it may not
+    run scripts or subscribe), for the tests of what lanes do under faults."""
+    event._queue.usable = False
+    return event
+
+
 async def waiting(event: RedisEvent, tasks: int) -> bool:
     stats = await event.statistics()
     return stats.tasks_waiting == tasks
@@ -250,9 +257,15 @@ async def test_local_waiters_are_served_fifo(redis: aioredis.Redis, unique_name:
     event = RedisEvent(redis, unique_name)
     setter = RedisEvent(redis, unique_name)
     tasks: list[asyncio.Future[None]] = []
+    queue = KeySpace(PREFIX, unique_name).key("waiters")
+
+    async def queued(n: int) -> bool:  # in the event's queue in Redis, in arrival order
+        return int(await redis.zcard(queue)) == n
+
     for i in range(8):
         tasks.append(asyncio.ensure_future(event.wait(timeout=30)))
         await wait_until(lambda i=i: waiting(event, i + 1), timeout=5)
+        await wait_until(lambda i=i: queued(i + 1), timeout=5)
     try:
         for i in range(len(tasks)):
             await setter.set()
@@ -269,8 +282,45 @@ async def test_local_waiters_are_served_fifo(redis: aioredis.Redis, unique_name:
 async def test_many_waiters_share_few_connections(
     redis: aioredis.Redis, redis_factory: Callable[..., aioredis.Redis], unique_name: str
 ) -> None:
+    """200 tasks of one instance wait in the event's queue in Redis, not on
+    blocked connections; 200 sets wake each exactly once."""
     cname = f"{unique_name}-many"
     event = RedisEvent(redis_factory(client_name=cname), unique_name)
+    tasks = [asyncio.ensure_future(event.wait(timeout=60)) for _ in range(200)]
+    queue = KeySpace(PREFIX, unique_name).key("waiters")
+
+    async def queued() -> bool:
+        return int(await redis.zcard(queue)) == 200
+
+    try:
+        await wait_until(lambda: waiting(event, 200), timeout=10)
+        await wait_until(queued, timeout=10)
+        assert not await blocked_on_server(redis, cname)
+        assert await connections_named(redis, cname) <= 8
+        setter = RedisEvent(redis, unique_name)
+        for i in range(200):
+            await setter.set()
+            if i % 50 == 0:
+                assert await connections_named(redis, cname) <= 8
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert await connections_named(redis, cname) <= 8
+        assert await redis.llen(signals_key(unique_name)) == 0
+        assert int(await redis.zcard(queue)) == 0
+        with pytest.raises(RedisEventTimeoutError):
+            await event.wait(timeout=0.2)  # exactly once each: none left over
+    finally:
+        for task in tasks:
+            task.cancel()
+        await event.close()
+
+
+async def test_many_lane_waiters_share_few_connections(
+    redis: aioredis.Redis, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    """Waiting on blocking connections (the fallback): 200 tasks of one
+    instance share its 16 lanes."""
+    cname = f"{unique_name}-many"
+    event = on_lanes(RedisEvent(redis_factory(client_name=cname), unique_name))
     tasks = [asyncio.ensure_future(event.wait(timeout=60)) for _ in range(200)]
     try:
         await wait_until(lambda: waiting(event, 200), timeout=10)
@@ -413,8 +463,8 @@ async def test_set_with_lost_reply_adds_exactly_one_signal(
     event = RedisEvent(redis_factory(fault_proxy.rewrite(redis_url)), unique_name)
     assert not await event.is_set()  # the connection is open and idle
     accepted = fault_proxy.accepted
-    # The MULTI/RPUSH/SET/EXEC ran on the server, but its replies never arrive.
-    fault_proxy.swallow_next_reply(match=b"QUEUED")
+    # The set script ran on the server, but its reply never arrives.
+    fault_proxy.swallow_next_reply(after_request=b"EVALSHA")
     await asyncio.wait_for(event.set(), 30)
     assert fault_proxy.swallowed == 1
     assert fault_proxy.accepted > accepted, "set() retried on a new connection"
@@ -433,8 +483,8 @@ async def test_wait_survives_a_connection_cut_while_blocked(
     unique_name: str,
 ) -> None:
     cname = f"{unique_name}-cut"
-    event = RedisEvent(
-        redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name
+    event = on_lanes(
+        RedisEvent(redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name)
     )
     task = asyncio.ensure_future(event.wait(timeout=20))
     try:
@@ -461,8 +511,8 @@ async def test_signal_moved_but_reply_lost_is_delivered_once(
 ) -> None:
     """The server hands the signal to the blocked BLMOVE, then the connection dies."""
     cname = f"{unique_name}-lost"
-    event = RedisEvent(
-        redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name
+    event = on_lanes(
+        RedisEvent(redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name)
     )
     key = signals_key(unique_name)
     task = asyncio.ensure_future(event.wait(timeout=20))
@@ -586,8 +636,8 @@ async def test_timed_out_wait_hands_back_a_signal_after_a_connection_cut(
     # itself dirty, and - nobody waiting any more - stops without recovering the
     # inbox.  The signal is stranded there, invisible to all other waiters.
     cname = f"{unique_name}-strand"
-    event = RedisEvent(
-        redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name
+    event = on_lanes(
+        RedisEvent(redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name)
     )
     key = signals_key(unique_name)
     task = asyncio.ensure_future(event.wait(timeout=1.0))
@@ -641,8 +691,8 @@ async def test_a_signal_handed_back_twice_survives_a_lost_push(
     c2 = redis_factory(p2.url, client_name="bounce-2")
     # Two ready connections each, so hand-backs need no new handshake.
     await asyncio.gather(c1.ping(), c1.ping(), c2.ping(), c2.ping())
-    first = RedisEvent(c1, unique_name)
-    second = RedisEvent(c2, unique_name)
+    first = on_lanes(RedisEvent(c1, unique_name))
+    second = on_lanes(RedisEvent(c2, unique_name))
     key = signals_key(unique_name)
     paused = False
 
@@ -758,10 +808,12 @@ def inboxes_key(name: str) -> str:
     return KeySpace(PREFIX, name).key("inboxes")
 
 
-def spawn_event_waiter(url: str, name: str, lease_ms: int, block: float) -> subprocess.Popen[str]:
-    """tests/workers/event_waiter.py, with a short inbox lease."""
+def spawn_event_waiter(
+    url: str, name: str, lease_ms: int, block: float, mode: str = "queue"
+) -> subprocess.Popen[str]:
+    """tests/workers/event_waiter.py, with a short lease; ``mode``: "queue" or "lanes"."""
     return subprocess.Popen(
-        [sys.executable, EVENT_WAITER, url, name, str(lease_ms), str(block)],
+        [sys.executable, EVENT_WAITER, url, name, str(lease_ms), str(block), mode],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -780,7 +832,7 @@ async def test_signal_in_the_inbox_of_a_killed_waiter_goes_to_another(
 ) -> None:
     """A waiter process dies after the server moved a signal into its inbox, before
     its acknowledgement: another waiter finds the abandoned inbox and gets the signal."""
-    proc = spawn_event_waiter(redis_url, unique_name, lease_ms=800, block=0.5)
+    proc = spawn_event_waiter(redis_url, unique_name, lease_ms=800, block=0.5, mode="lanes")
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "waiting"
@@ -806,11 +858,48 @@ async def test_signal_in_the_inbox_of_a_killed_waiter_goes_to_another(
             timeout=10,
             message="the dead waiter's inbox lease ran out",
         )
-        other = RedisEvent(redis, unique_name)
+        other = on_lanes(RedisEvent(redis, unique_name))
         await asyncio.wait_for(other.wait(timeout=5), 10)
         assert not await redis.exists(inbox)
         assert await redis.llen(signals_key(unique_name)) == 0
         assert not await try_take(other)
+        await other.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+async def test_a_signal_handed_to_a_killed_event_waiter_goes_to_another(
+    redis: aioredis.Redis, redis_url: str, unique_name: str
+) -> None:
+    """The waiter's process is stopped, handed a signal, then killed before it
+    could deliver it to itself: once its lease runs out, the next waiter gets
+    the signal, exactly once."""
+    keys = KeySpace("redsync:event", unique_name)
+    proc = spawn_event_waiter(redis_url, unique_name, lease_ms=800, block=0.5, mode="queue")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "waiting"
+        await wait_until(lambda: redis.zcard(keys.key("waiters")), timeout=10)
+        os.kill(proc.pid, signal.SIGSTOP)
+        setter = RedisEvent(redis, unique_name)
+        await setter.set()
+        assert len(await redis.hgetall(keys.key("handed"))) == 1
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        async def lease_over() -> bool:
+            entries = await redis.zrange(keys.key("leases"), 0, -1, withscores=True)
+            return bool(entries) and all(score < time.time() * 1000 for _, score in entries)
+
+        await wait_until(lease_over, timeout=10)
+        other = RedisEvent(redis, unique_name)
+        await asyncio.wait_for(other.wait(timeout=5), 10)
+        assert await redis.hgetall(keys.key("handed")) == {}
+        assert not await setter.is_set()
+        with pytest.raises(RedisEventTimeoutError):
+            await other.wait(timeout=0)
         await other.close()
     finally:
         if proc.poll() is None:
@@ -830,7 +919,9 @@ async def test_an_inbox_reaped_before_the_ack_is_not_delivered_twice(
     its acknowledgement fails and it waits again instead of returning the signal."""
     monkeypatch.setattr(redsync.event._event, "INBOX_LEASE_MS", 300)
     cname = f"{unique_name}-slow"
-    slow = RedisEvent(redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name)
+    slow = on_lanes(
+        RedisEvent(redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name)
+    )
     task = asyncio.ensure_future(slow.wait(timeout=6))
     try:
         await wait_until(lambda: blocked_on_server(redis, cname), timeout=5)
@@ -846,7 +937,7 @@ async def test_an_inbox_reaped_before_the_ack_is_not_delivered_twice(
             timeout=5,
             message="the slow waiter's 300 ms inbox lease ran out",
         )
-        fast = RedisEvent(redis, unique_name)
+        fast = on_lanes(RedisEvent(redis, unique_name))
         await asyncio.wait_for(fast.wait(timeout=5), 10)  # reaped, then taken
         fault_proxy.resume()
         with pytest.raises(RedisEventTimeoutError):
@@ -860,19 +951,28 @@ async def test_an_inbox_reaped_before_the_ack_is_not_delivered_twice(
         await slow.close()
 
 
+@pytest.mark.parametrize("mode", ["queue", "lanes"])
 async def test_a_lost_acknowledgement_reply_still_delivers_once(
     fault_proxy: FaultProxy,
     redis_factory: Callable[..., aioredis.Redis],
     redis: aioredis.Redis,
     redis_url: str,
     unique_name: str,
+    mode: str,
 ) -> None:
+    """The reply of the step that delivers a pending signal is lost (the wait
+    script in the queue, the acknowledgement on lanes): the retry delivers
+    that same signal, and nothing else is taken."""
     event = RedisEvent(redis_factory(fault_proxy.rewrite(redis_url)), unique_name)
+    if mode == "lanes":
+        on_lanes(event)
     setter = RedisEvent(redis, unique_name)
     await setter.set()
-    fault_proxy.swallow_next_reply(after_request=b"LTRIM")
+    await setter.set()
+    fault_proxy.swallow_next_reply(after_request=b"LTRIM" if mode == "lanes" else b"EVALSHA")
     await asyncio.wait_for(event.wait(timeout=5), 20)
     assert fault_proxy.swallowed == 1
-    assert await redis.llen(signals_key(unique_name)) == 0
+    assert await redis.llen(signals_key(unique_name)) == 1  # the second one is still there
+    assert await try_take(setter)
     assert not await try_take(setter)
     await event.close()

@@ -26,7 +26,8 @@ from devtools import wait_until
 from devtools.servers import RedisServer
 
 from helpers import assert_permits, clients_named, keyspace, replica_linked
-from redsync import RedisSemaphore
+from redsync import RedisEvent, RedisSemaphore
+from redsync._core.keys import KeySpace
 
 HOLDER = str(Path(__file__).parent / "workers" / "holder.py")
 
@@ -477,3 +478,60 @@ def test_the_listener_parses_resp2_and_resp3_frames_split_anywhere() -> None:
         assert _parse(raw, 0) == (expected, len(raw))
     error, _ = _parse(b"-NOPERM no channel rights\r\n", 0)
     assert str(error).startswith("NOPERM")
+
+
+# ------------------------------------------------------------------ events
+
+
+async def test_a_thousand_waiting_event_instances_use_at_most_eight_connections(
+    private_server: RedisServer, redis_factory: Callable[..., aioredis.Redis], unique_name: str
+) -> None:
+    """1,000 instances of one event wait on one default client (each used to
+    block a connection of its own: the 101st raised MaxConnectionsError);
+    1,000 sets wake each exactly once."""
+    name = f"events-{unique_name}"
+    client = redis_factory(private_server.url, client_name=name)
+    observer = redis_factory(private_server.url)
+    events = [RedisEvent(client, unique_name) for _ in range(1000)]
+    tasks = [asyncio.ensure_future(e.wait(timeout=120)) for e in events]
+    waiters = KeySpace("redsync:event", unique_name).key("waiters")
+
+    async def all_queued() -> bool:
+        return int(await observer.zcard(waiters)) == 1000
+
+    try:
+        await wait_until(all_queued, timeout=60)
+        assert len(clients_named(private_server, name)) <= 8
+        setter = RedisEvent(observer, unique_name)
+        await asyncio.gather(*(setter.set() for _ in range(1000)))
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        assert len(clients_named(private_server, name)) <= 8
+        assert int(await observer.zcard(waiters)) == 0
+        assert not await setter.is_set(), "each signal was taken exactly once"
+    finally:
+        for task in tasks:
+            task.cancel()
+        for event in events:
+            await event.close()
+
+
+async def test_an_event_notice_lost_costs_latency_not_the_signal(
+    redis: aioredis.Redis, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every notice is dropped: the waiter's renewal finds the handed signal."""
+    from redsync.event import _queue
+
+    monkeypatch.setattr(_queue, "LEASE_MS", 1500)  # renewed every 0.5 s
+    waiter = RedisEvent(redis, unique_name)
+    monkeypatch.setattr(waiter._queue, "_pushed", lambda data: None)
+    task = asyncio.ensure_future(waiter.wait())
+    waiters = KeySpace("redsync:event", unique_name).key("waiters")
+    await wait_until(lambda: redis.zcard(waiters), timeout=5)
+    setter = RedisEvent(redis, unique_name)
+    await setter.set()
+    handed = KeySpace("redsync:event", unique_name).key("handed")
+    assert len(await redis.hgetall(handed)) == 1, "handed straight to the queued waiter"
+    await asyncio.wait_for(task, 5)
+    assert await redis.hgetall(handed) == {}
+    assert not await setter.is_set()
+    await waiter.close()

@@ -197,6 +197,10 @@ class EventLists:
     acked: dict[str, list[str]] = field(default_factory=dict)
     #: inbox keys registered for recovery (the ``inboxes`` sorted set)
     registered: set[str] = field(default_factory=set)
+    #: queue member -> signal handed to it, not yet delivered (``handed`` hash)
+    handed: dict[str, str] = field(default_factory=dict)
+    #: queue member -> "<wait id> <signal>": the signal delivered last (``acked`` hash)
+    delivered: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def instance_of(key: str) -> str:
@@ -214,6 +218,9 @@ async def event_lists(client: Any, keys: Keys) -> EventLists:
             if entries:
                 target[name] = entries
     out.registered = {_text(m) for m in await client.zrange(keys.event("inboxes"), 0, -1)}
+    for part, target in (("handed", out.handed), ("acked", out.delivered)):
+        found = await client.hgetall(keys.event(part))
+        target.update({_text(k): _text(v) for k, v in found.items()})
     return out
 
 

@@ -662,8 +662,11 @@ class Run:
             await r.execute_command("CLIENT", "PAUSE", 10000, "WRITE")
             pending = int(await r.llen(self.keys.event("signals")))
             lists = await event_lists(r, self.keys)
-        in_lanes = sum(len(v) for v in lists.inboxes.values()) + sum(
-            len(v) for v in lists.acked.values()
+        in_lanes = (
+            sum(len(v) for v in lists.inboxes.values())
+            + sum(len(v) for v in lists.acked.values())
+            + len(lists.handed)
+            + len(lists.delivered)
         )
         self.wiped_signals_max += pending + in_lanes
         return f"(writes frozen first: {pending} pending + {in_lanes} in lanes wiped)"
@@ -999,7 +1002,8 @@ class Run:
 
         # Signals.  A signal is delivered when wait() returned (WO) or drained after
         # the run.  Still in Redis and not yet delivered: a registered inbox of a dead
-        # waiter (put back by a live waiter once its lease passes).  Maybe delivered
+        # waiter (put back by a live waiter once its lease passes), or a signal
+        # handed to a queued member.  Maybe delivered
         # without its WO: the acknowledgement record of a killed worker's lane.
         killed = obs.event_instances_killed
         recoverable = unregistered = killed_acks = 0
@@ -1011,6 +1015,13 @@ class Run:
         for key, entries in lanes.acked.items():
             if EventLists.instance_of(key) in killed or not obs.event_instances_known:
                 killed_acks += len(entries)
+        # The queue: a signal handed to a member and not yet delivered is
+        # handed on when the member's lease runs out; a delivery record of a
+        # killed worker's member may name a signal its wait() never returned.
+        recoverable += len(lanes.handed)
+        for member in lanes.delivered:
+            if EventLists.instance_of(member) in killed or not obs.event_instances_known:
+                killed_acks += 1
         sets_begun, sets_ok = c["SB"], c["SO"]
         delivered = c["WO"] + audit["drained"]
         upper = delivered + recoverable + unregistered + killed_acks + self.wiped_signals_max

@@ -113,13 +113,16 @@ class Script:
     def __init__(self, package: str, name: str) -> None:
         self.name = f"{package}:{name}"
         folder = resources.files(package) / "lua"
+        shared = resources.files(__package__ or "redsync._core") / "lua"
         lines = []
         for line in (folder / f"{name}.lua").read_text("utf-8").splitlines(keepends=True):
             if line.startswith(INCLUDE):
                 # A shared fragment (``_<part>.lua``), so a step that several
-                # scripts run is written once.
-                part = line[len(INCLUDE) :].strip()
-                line = (folder / f"_{part}.lua").read_text("utf-8")
+                # scripts run is written once: the primitive's own, or one
+                # of every primitive's (``redsync/_core/lua``).
+                part = f"_{line[len(INCLUDE) :].strip()}.lua"
+                found = folder / part
+                line = (found if found.is_file() else shared / part).read_text("utf-8")
             lines.append(line)
         self.source = "".join(lines)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()

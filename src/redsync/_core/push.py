@@ -117,6 +117,8 @@ class _Listener:
         self._dead = False
         #: The connection's own read timeout, restored when it goes back.
         self._timeout: float | None = None
+        #: The connection on its way back to the pool, once the listener ended.
+        self._closing: asyncio.Future[None] | None = None
 
     async def add(self, channel: str, sub: Subscription) -> None:
         """Subscribe ``sub`` to ``channel``; returns once the server confirmed it."""
@@ -160,7 +162,11 @@ class _Listener:
             return
         del self.channels[channel]
         if not self.channels:
+            # The last one: the connection goes back to the pool before this
+            # returns (a closing primitive leaves nothing in use).
             self._die()
+            if self._closing is not None:
+                await asyncio.shield(self._closing)
             return
         try:
             await self._command(("SUNSUBSCRIBE", channel))
@@ -272,7 +278,7 @@ class _Listener:
                 task.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
-            closing = asyncio.ensure_future(self._give_back(conn))
+            self._closing = closing = asyncio.ensure_future(self._give_back(conn))
             _CLOSING.add(closing)
             closing.add_done_callback(_CLOSING.discard)
         subs = [sub for group in self.channels.values() for sub in group]
@@ -365,7 +371,9 @@ class Subscription:
                 return
             except (*TRANSIENT, *AMBIGUOUS) as exc:
                 # A listener whose connection broke has left the registry:
-                # the next attempt opens a new one.
+                # the next attempt opens a new one, routed afresh (the node
+                # may have failed, and its replica taken over).
+                self._link._mark_stale()
                 if loop.time() + delay > give_up:
                     raise
                 log.debug("subscribing %s failed (%r); retrying", self.channel, exc)

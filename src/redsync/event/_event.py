@@ -19,13 +19,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from .._core import validate as _validate
 from .._core.keys import KeySpace
 from .._core.link import Client, Command, Link, retrying, text
 from .._core.waiting import Dispatcher, Lane
 from ..exceptions import RedisEventClosedError, RedisEventError, RedisEventTimeoutError
+from ._queue import SCRIPTS, Queue
 
 __all__ = ["EventStatistics", "RedisEvent"]
 
@@ -85,13 +86,13 @@ class RedisEvent:
         lanes = [Lane(i, self._keys.key(f"inbox:{instance}.{i}")) for i in range(MAX_LANES)]
         for lane in lanes:
             lane.extra["ack"] = self._keys.key(f"acked:{instance}.{lane.index}")
+        closed = lambda: RedisEventClosedError(f"event {name!r} is closed")  # noqa: E731
         self._dispatcher: Dispatcher[str] = Dispatcher(
-            self._link,
-            self,
-            lanes,
-            lambda: RedisEventClosedError(f"event {name!r} is closed"),
-            max_block=MAX_BLOCK,
+            self._link, self, lanes, closed, max_block=MAX_BLOCK
         )
+        #: Waits in the event's queue in Redis (see ``_queue``); lanes are the
+        #: fallback without scripts or channel rights.
+        self._queue = Queue(self._link, self._keys, instance, name, closed)
 
     async def set(self) -> None:
         """Add one signal.  Exactly one, even if the connection drops mid-call."""
@@ -110,10 +111,12 @@ class RedisEvent:
             if taken is None:
                 raise RedisEventTimeoutError(f"event {self.name!r}: no signal was pending")
             return
-        await self._dispatcher.get(
-            wait,
-            lambda: RedisEventTimeoutError(f"event {self.name!r}: no signal within {timeout} s"),
+        timeout_error = lambda: RedisEventTimeoutError(  # noqa: E731
+            f"event {self.name!r}: no signal within {timeout} s"
         )
+        if await self._queue.get(wait, timeout_error):
+            return
+        await self._dispatcher.get(wait, timeout_error)
 
     async def clear(self) -> None:
         """Drop every pending signal."""
@@ -131,9 +134,7 @@ class RedisEvent:
 
     async def statistics(self) -> EventStatistics:
         pending = await retrying(lambda _: self._pending(exact=True), what="event statistics")
-        return EventStatistics(
-            self.name, pending, self._dispatcher.waiting, self._dispatcher.active_lanes
-        )
+        return EventStatistics(self.name, pending, self._waiting, self._dispatcher.active_lanes)
 
     async def _pending(self, *, exact: bool) -> int:
         """Signals in the list plus signals sitting in inboxes, read atomically.
@@ -153,13 +154,14 @@ class RedisEvent:
                 [
                     ("MULTI",),
                     ("LLEN", self._signals),
+                    ("HLEN", self._queue.handed),
                     ("ZRANGE", self._inboxes, 0, -1),
                     *[("LLEN", inbox) for inbox in inboxes],
                     ("EXEC",),
                 ]
             )
-            length, members, *sizes = replies[-1]
-            total = int(length) + sum(int(size) for size in sizes)
+            length, handed, members, *sizes = replies[-1]
+            total = int(length) + int(handed) + sum(int(size) for size in sizes)
             registered = {text(m) for m in members}
             if registered <= set(inboxes) or (total and not exact):
                 return total
@@ -171,6 +173,7 @@ class RedisEvent:
 
         Optional: an event holds no background task while nobody waits.
         """
+        await self._queue.close()
         await self._dispatcher.close(grace=0.3)
         await self._unregister_lanes()
         await self._link.close()
@@ -178,10 +181,10 @@ class RedisEvent:
     @property
     def _waiting(self) -> int:
         """Tasks of this instance waiting for a signal."""
-        return self._dispatcher.waiting
+        return self._dispatcher.waiting + self._queue.waiting
 
     def __repr__(self) -> str:
-        return f"<RedisEvent {self.name!r} waiting={self._dispatcher.waiting}>"
+        return f"<RedisEvent {self.name!r} waiting={self._waiting}>"
 
     # -- lanes (called by the dispatcher) ------------------------------------
 
@@ -324,14 +327,29 @@ class RedisEvent:
                 log.debug("unregistering the inboxes of %r failed: %r", self.name, exc)
 
     async def _push(self, signal: str, *, head: bool) -> None:
+        """One signal: handed to the oldest live queued waiter, else onto the
+        list (its head for a signal handed back).  Exactly once, even when
+        retried after a lost reply."""
         # The record names this push, not the signal: one signal can be
         # handed back more than once.
         record = self._keys.key(f"pushed:{uuid.uuid4().hex}")
-        command = "LPUSH" if head else "RPUSH"
+        queue = self._queue
 
         async def push(ambiguous: bool) -> Any:
+            if queue.usable:
+                try:
+                    return await self._link.script(
+                        SCRIPTS["set"],
+                        [self._signals, queue.waiters, queue.leases, queue.handed, record],
+                        [signal, queue.channel, PUSH_RECORD_TTL_MS, "1" if head else "0"],
+                    )
+                except NoPermissionError as exc:
+                    # Nothing ran.  Waiters of this process then wait on
+                    # lanes; a queued one elsewhere takes it with its renewal.
+                    queue.refused(exc)
             if ambiguous and await self._link.call("EXISTS", record):
                 return None  # the earlier attempt went through
+            command = "LPUSH" if head else "RPUSH"
             return await self._link.pipeline(
                 [
                     ("MULTI",),
