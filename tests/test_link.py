@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from devtools.topologies import ClusterTopology
+from redis.asyncio.cluster import RedisCluster
 
 from redsync._core.link import Link
 
@@ -50,3 +52,67 @@ async def test_a_cancellation_swallowed_while_connecting_is_delivered(
     assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
     await link.close()
     await client.aclose()
+
+
+# --------------------------------------------------------------------------- cluster routing
+
+
+async def test_a_slot_map_refresh_leaves_connections_in_use_alone(
+    shared_cluster: ClusterTopology, unique_name: str
+) -> None:
+    """redis-py before 8.0 replaced every node object on each slot-map refresh and
+    closed all their connections, those in use included: one instance finding its
+    route stale cut every other instance's command in flight (a renewal, a
+    subscriber), and each of those refreshed again.  A refresh must leave a
+    connection another link has borrowed open and usable, on the same node."""
+    client = RedisCluster.from_url(shared_cluster.startup_url, socket_timeout=5)
+    try:
+        holder = Link(client, unique_name)
+        conn = await holder.borrow()
+        assert await holder.run(conn, [("PING",)]) == [b"PONG"]
+        node_before = holder._home[conn].node
+        other = Link(client, f"{unique_name}-other")
+        await other.call("PING")
+        other._mark_stale()
+        await other.call("PING")  # routes afresh: one refresh of the map
+        for _ in range(3):
+            await asyncio.sleep(0)  # where closing tasks would run
+        assert conn.is_connected
+        assert await holder.run(conn, [("PING",)]) == [b"PONG"]
+        assert client.get_node_from_key(unique_name) is node_before
+        await holder.give_back(conn)
+        await holder.close()
+        await other.close()
+    finally:
+        await client.aclose()
+
+
+async def test_links_that_find_their_route_stale_together_share_one_refresh(
+    shared_cluster: ClusterTopology, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover seen by many instances costs one slot-map refresh, not one each."""
+    client = RedisCluster.from_url(shared_cluster.startup_url, socket_timeout=5)
+    try:
+        links = [Link(client, f"{unique_name}-{i}") for i in range(50)]
+        await asyncio.gather(*(link.call("PING") for link in links))
+        manager = client.nodes_manager
+        real = manager.initialize
+        calls = 0
+
+        async def counting(self: Any) -> None:
+            nonlocal calls
+            calls += 1
+            await real()
+
+        monkeypatch.setattr(type(manager), "initialize", counting)
+        for link in links:
+            link._mark_stale()
+        assert await asyncio.gather(*(link.call("PING") for link in links)) == [b"PONG"] * 50
+        assert calls == 1
+        links[0]._mark_stale()  # found stale after that refresh: needs one of its own
+        await links[0].call("PING")
+        assert calls == 2
+        for link in links:
+            await link.close()
+    finally:
+        await client.aclose()

@@ -179,7 +179,9 @@ def test_ctrl_c_while_waiting_takes_nothing(redis_url: str, unique_name: str) ->
     holder.acquire()
     waiter = subprocess.Popen(
         _script(f"""
-            import sys
+            import faulthandler, sys
+            # A hang shows where every thread stands, instead of a bare timeout.
+            faulthandler.dump_traceback_later(20, exit=True)
             from redsync.sync import Semaphore
             sem = Semaphore.attach({redis_url!r}, {unique_name!r}, lease_ttl=5)
             print("waiting", flush=True)
@@ -190,6 +192,7 @@ def test_ctrl_c_while_waiting_takes_nothing(redis_url: str, unique_name: str) ->
             sem.close()
         """),
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -200,9 +203,9 @@ def test_ctrl_c_while_waiting_takes_nothing(redis_url: str, unique_name: str) ->
         wait_for(lambda: int(client.zcard(holders)) >= 2)  # its slot is registered: it waits
         client.close()
         waiter.send_signal(signal.SIGINT)
-        out, _ = waiter.communicate(timeout=30)
-        assert "interrupted" in out
-        assert waiter.returncode == 0
+        out, err = waiter.communicate(timeout=30)
+        assert "interrupted" in out, err
+        assert waiter.returncode == 0, err
         holder.release()
         assert holder.statistics().available == 1  # nothing taken by the interrupted wait
     finally:

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
-from . import resp
+from . import compat, resp
 
 log = logging.getLogger("redsync")
 
@@ -59,8 +59,6 @@ _REROUTE_BY_PREFIX: dict[str, type[rex.ResponseError]] = {
     "CLUSTERDOWN": rex.ClusterDownError,
     "MASTERDOWN": rex.MasterDownError,
 }
-
-_OLD_POOL_API = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
 
 Command = Sequence[Any]
 
@@ -260,10 +258,7 @@ class _Pool:
             return self.node.acquire_connection()  # connected by its first send
         task = asyncio.current_task()
         before = _cancelling(task)
-        if _OLD_POOL_API:
-            conn = await self.pool.get_connection("_")
-        else:
-            conn = await self.pool.get_connection()
+        conn = await compat.pool_get(self.pool)
         if _cancelling(task) > before:
             # The pool connects a new connection with the client's
             # socket_timeout, through asyncio.wait_for, which on Python <= 3.11
@@ -271,15 +266,13 @@ class _Pool:
             # would then wait on as if never cancelled).  Deliver it.
             await self.put(conn)
             raise asyncio.CancelledError()
-        return conn  # type: ignore[no-any-return]
+        return conn
 
     async def put(self, conn: AbstractConnection) -> None:
         if self.node is None:
             await self.pool.release(conn)
-        elif hasattr(self.node, "release"):
-            self.node.release(conn)  # type: ignore[arg-type]
-        else:  # redis-py < 5.1 has no ClusterNode.release()
-            self.node._free.append(conn)  # type: ignore[arg-type]
+        else:
+            compat.node_put(self.node, conn)
 
 
 #: Most packed commands one link remembers (see Link._pack).
@@ -350,7 +343,11 @@ class Link:
             weakref.WeakKeyDictionary()
         )
         self._stale = False
+        #: When the route was found stale (see compat.refresh_slots).
+        self._stale_mark = 0
         self._routing: asyncio.Lock | None = None
+        if isinstance(client, RedisCluster):
+            compat.keep_cluster_nodes(client)
         #: Connections closed after an error.  They are never reconnected in
         #: place: the pool's own connect path is what finds a Sentinel's
         #: current master (redis-py 8 reconnects a dropped connection to its
@@ -386,7 +383,7 @@ class Link:
             try:
                 await self.client.initialize()
                 if self._stale:
-                    await self.client.nodes_manager.initialize()
+                    await compat.refresh_slots(self.client, self._stale_mark)
                 node = self.client.get_node_from_key(self.route_key)
             except TRANSIENT + AMBIGUOUS:
                 raise
@@ -400,8 +397,10 @@ class Link:
             return self._pool
 
     def _mark_stale(self) -> None:
-        if self.cluster:
+        if self.cluster and not self._stale:
+            assert isinstance(self.client, RedisCluster)
             self._stale = True
+            self._stale_mark = compat.refresh_mark(self.client)
 
     def current(self, conn: AbstractConnection) -> bool:
         """False when ``conn`` was closed after an error, or leads to a node that no

@@ -128,6 +128,8 @@ class Renewer:
         self._members: dict[Renewal, None] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
+        #: Rounds in flight (each runs as its own task).
+        self._rounds: set[asyncio.Task[None]] = set()
         #: Round trips sent (for tests and benchmarks).
         self.rounds = 0
 
@@ -167,18 +169,32 @@ class Renewer:
                     renewal._busy = True
                     if renewal.due == 0.0:
                         renewal.due = -1.0  # kicked: a kick during this round re-arms it
-                try:
-                    await self._round(due)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a bug: never let it end every renewal
-                    log.exception("renewal round failed")
-                    for renewal in due:
-                        if renewal._busy and renewal._task is None:
-                            renewal._failed(loop.time(), exc)
-                            renewal._busy = False
+                # The round runs beside the loop: a round held up (a node that
+                # stopped answering, a finish that must fall back to sending a
+                # script's source) delays only its own renewals, never the
+                # next round of every other instance.
+                task = loop.create_task(self._round_guarded(due))
+                self._rounds.add(task)
+                task.add_done_callback(self._round_done)
         finally:
             self._task = None
+
+    def _round_done(self, task: asyncio.Task[None]) -> None:
+        self._rounds.discard(task)
+        self.wake()  # its renewals are ready again, with new due times
+
+    async def _round_guarded(self, due: list[Renewal]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await self._round(due)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: never let it end every renewal
+            log.exception("renewal round failed")
+            for renewal in due:
+                if renewal._busy and renewal._task is None:
+                    renewal._failed(loop.time(), exc)
+                    renewal._busy = False
 
     async def _sleep(self, delay: float) -> None:
         # A plain future and timer rather than wait_for(): wait_for can
@@ -237,7 +253,6 @@ class Renewer:
             renewal._task = None
 
     async def _send(self, items: list[tuple[Renewal, Batch]]) -> None:
-        loop = asyncio.get_running_loop()
         commands: list[Command] = [("TIME",)]
         spans: list[tuple[int, int]] = []
         sent: dict[object, tuple[int, int]] = {}
@@ -259,20 +274,40 @@ class Renewer:
             raise
         except Exception as exc:
             outcome, server_now = exc, 0
-        for (renewal, batch), (start, end) in zip(items, spans):
-            replies = outcome if isinstance(outcome, BaseException) else outcome[start:end]
-            try:
-                await batch.finish(replies, server_now)
-                if isinstance(replies, BaseException):
-                    raise replies
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                renewal._failed(loop.time(), exc)
-            else:
-                renewal._succeeded(loop.time(), batch.period)
-            finally:
-                renewal._busy = False
+        finishes = [
+            self._finish(renewal, batch, outcome, start, end, server_now)
+            for (renewal, batch), (start, end) in zip(items, spans)
+        ]
+        # Side by side: a finish that does more I/O (a fallback after NOSCRIPT)
+        # does not hold up the bookkeeping of the others.
+        if len(finishes) == 1:
+            await finishes[0]
+        else:
+            await asyncio.gather(*finishes)
+
+    async def _finish(
+        self,
+        renewal: Renewal,
+        batch: Batch,
+        outcome: list[Any] | BaseException,
+        start: int,
+        end: int,
+        server_now: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        replies = outcome if isinstance(outcome, BaseException) else outcome[start:end]
+        try:
+            await batch.finish(replies, server_now)
+            if isinstance(replies, BaseException):
+                raise replies
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            renewal._failed(loop.time(), exc)
+        else:
+            renewal._succeeded(loop.time(), batch.period)
+        finally:
+            renewal._busy = False
 
 
 def next_due(now: float, period: float) -> float:

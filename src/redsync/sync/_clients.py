@@ -66,7 +66,8 @@ def _sentinel(pool: Any) -> Any:
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in _DROP}
     for key in ("host", "port", "connection_class"):
         kwargs.pop(key, None)
-    sentinel = Sentinel(addresses, sentinel_kwargs=dict(manager.sentinel_kwargs))  # type: ignore[no-untyped-call]
+    make: Any = Sentinel  # untyped in some redis-py releases, typed in others
+    sentinel = make(addresses, sentinel_kwargs=dict(manager.sentinel_kwargs))
     return sentinel.master_for(pool.service_name, **kwargs)
 
 

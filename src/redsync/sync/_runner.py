@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._clients import async_client, close_client
 
@@ -57,20 +56,58 @@ class Runner:
                 f"redsync.sync: {what} was called from redsync's own event-loop thread "
                 "(from inside a callback it runs); do the work elsewhere"
             )
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        call = _Call(coro)
         try:
-            return future.result()
+            self.loop.call_soon_threadsafe(call.start)
+            return call.result()
         except KeyboardInterrupt:
             # Cancel the wait and let its cancellation run to the end (nothing
-            # is then taken), then let the interrupt through.
-            future.cancel()
-            concurrent.futures.wait([future], timeout=SETTLE)
+            # is then taken), then let the interrupt through.  This holds
+            # wherever the interrupt lands after the call was made.
+            self.loop.call_soon_threadsafe(call.cancel)
+            call.finished.wait(SETTLE)
             raise
 
     def stop(self) -> None:
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(SETTLE)
+
+
+class _Call(Generic[T]):
+    """One blocking call's coroutine on the loop, and when it has really finished.
+
+    ``asyncio.run_coroutine_threadsafe`` marks its future cancelled at once,
+    before the coroutine's own cancellation has run; a Ctrl-C must wait for
+    that (a cancelled acquire gives back what it took), so this tracks the
+    task itself.
+    """
+
+    __slots__ = ("coro", "finished", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self.coro = coro
+        self.task: asyncio.Task[T] | None = None
+        self.finished = threading.Event()
+
+    def start(self) -> None:  # on the loop
+        if self.finished.is_set():
+            return  # cancelled before it started
+        self.task = asyncio.ensure_future(self.coro)
+        self.task.add_done_callback(lambda _: self.finished.set())
+
+    def cancel(self) -> None:  # on the loop
+        if self.task is not None:
+            self.task.cancel()
+        elif not self.finished.is_set():
+            # The interrupt came before start() was queued: it never runs.
+            self.coro.close()
+            self.finished.set()
+
+    def result(self) -> T:
+        self.finished.wait()
+        assert self.task is not None
+        return self.task.result()
 
 
 _lock = threading.Lock()
