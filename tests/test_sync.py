@@ -179,9 +179,13 @@ def test_ctrl_c_while_waiting_takes_nothing(redis_url: str, unique_name: str) ->
     holder.acquire()
     waiter = subprocess.Popen(
         _script(f"""
-            import faulthandler, sys
+            import faulthandler, signal, sys
             # A hang shows where every thread stands, instead of a bare timeout.
             faulthandler.dump_traceback_later(20, exit=True)
+            # As at a terminal: a job started in the background (nohup cmd &)
+            # inherits SIGINT ignored, and its Python then never raises
+            # KeyboardInterrupt.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             from redsync.sync import Semaphore
             sem = Semaphore.attach({redis_url!r}, {unique_name!r}, lease_ttl=5)
             print("waiting", flush=True)
