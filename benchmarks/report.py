@@ -212,6 +212,18 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             unit="num",
         )
         drain_target(key, label)
+    for key in _keys(summary, "event_instances"):
+        label = "events: " + _label(key)
+        add(
+            f"{label}: ≤ 8 connections (default client)",
+            _metric(summary, key, "ours", "connections"),
+            None,
+            "",
+            limit=8,
+            absolute=True,
+            unit="num",
+        )
+        drain_target(key, label)
     for key in _keys(summary, "permits"):
         label = _label(key)
         add(
@@ -583,6 +595,34 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         out += _table(
             ["case", "library", "instances", "connections", "drain", "left"], instance_rows
         )
+
+    event_rows = []
+    for key in _keys(summary, "event_instances"):
+        for lib in _present(summary, key):
+            e = summary[key][lib]
+            event_rows.append(
+                _error(e, 6)
+                or [
+                    _label(key),
+                    LIBS[lib],
+                    fmt_num(e.get("instances")),
+                    fmt_num(e.get("connections")),
+                    fmt_time(e.get("drain")),
+                    fmt_num(e.get("undrained")),
+                ]
+            )
+    if event_rows:
+        out += [
+            "### Many waiting event instances",
+            "",
+            "Each event has the given number of waiting instances, one per waiting task, "
+            "all on one client: ours on a default-sized pool (100), 2.0.0 on the pool it "
+            "needs. Connections: CLIENT LIST entries of the waiters' client once every "
+            "waiter is queued. Drain: from the first of the setter's set() calls (one per "
+            "waiter, from another client) until every waiter has returned.",
+            "",
+        ]
+        out += _table(["case", "library", "instances", "connections", "drain", "left"], event_rows)
 
     permit_rows = []
     for key in _keys(summary, "permits"):

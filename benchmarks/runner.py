@@ -49,6 +49,8 @@ class Plan:
     idle_window: float = 6.0
     #: (semaphores, waiter instances each): every waiting task its own instance.
     instances: tuple[tuple[int, int], ...] = ((1, 1000), (500, 4))
+    #: (events, waiting instances each): every waiting task its own instance.
+    event_instances: tuple[tuple[int, int], ...] = ((1, 1000),)
     #: Permits of the semaphore one instance takes entirely (0: skip the case).
     permits: int = 4096
     floor_ops: int = 5000
@@ -81,6 +83,7 @@ SMOKE = Plan(
     idle_semaphores=100,
     idle_window=1.6,
     instances=((1, 50), (20, 4)),
+    event_instances=((1, 50),),
     permits=256,
     floor_ops=300,
     rb_requests=1000,
@@ -340,6 +343,20 @@ def plan_jobs(plan: Plan, libs: Sequence[str], port: int, repeat: int) -> list[J
                     lib,
                     "single",
                     spec("instances", lib, semaphores=semaphores, waiters=waiters),
+                )
+                for lib in extra
+                if lib in ("ours", "rs2")
+            ]
+        )
+    for events, waiters in plan.event_instances:
+        groups.append(
+            [
+                Job(
+                    "event_instances",
+                    {"events": events, "waiters": waiters},
+                    lib,
+                    "single",
+                    spec("event_instances", lib, events=events, waiters=waiters),
                 )
                 for lib in extra
                 if lib in ("ours", "rs2")
@@ -607,7 +624,7 @@ def _progress(job: Job, result: dict[str, Any], elapsed: float) -> None:
             f"{result['commands_per_s']:.0f} cmd/s, {result['connections']} conns, "
             f"{result['tasks']} tasks"
         )
-    elif job.case == "instances":
+    elif job.case in ("instances", "event_instances"):
         summary = (
             f"{result['instances']} instances, {result['connections']} conns, "
             f"drain {result['drain']:.3f} s"

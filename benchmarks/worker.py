@@ -441,14 +441,16 @@ async def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
 # -- case 4c: many instances, many semaphores ----------------------------------------------
 
 
-async def _all_waiting(probe_: Probe, lib: str, names: list[str], expected: int) -> None:
+async def _all_waiting(
+    probe_: Probe, lib: str, names: list[str], expected: int, prefix: str = "redsync:semaphore"
+) -> None:
     """Return once ``expected`` waiters wait in the server: blocked connections
     (2.0.0, and ours where it blocks) plus tickets queued in waiter queues (ours)."""
     queues: list[str] = []
     if lib == "ours":
         from redsync._core.keys import KeySpace
 
-        queues = [KeySpace("redsync:semaphore", name).key("waiters") for name in names]
+        queues = [KeySpace(prefix, name).key("waiters") for name in names]
     deadline = time.perf_counter() + 60
     while True:
         blocked = int((await probe_.client.info("clients"))["blocked_clients"])
@@ -527,6 +529,66 @@ async def run_instances(spec: dict[str, Any]) -> dict[str, Any]:
         "drained": len(done),
         "undrained": len(pending),
         "drain": (gave_up if pending else max(done)) - released_at,
+    }
+
+
+async def run_event_instances(spec: dict[str, Any]) -> dict[str, Any]:
+    """``events`` events, each with ``waiters`` waiting instances (one per waiting
+    task) in one process: connections while everyone waits, and the drain once a
+    setter (on its own client) has set each event once per waiter."""
+    from redsync import RedisEvent
+
+    n, w = int(spec["events"]), int(spec["waiters"])
+    # 2.0.0 gets the pool it needs; ours runs on a default-sized client (100).
+    pool = n * w + 16 if spec["lib"] == "rs2" else 100
+    client = async_client(spec["port"], "bench-instances", pool)
+    # The sets go out at once: 2.0.0 needs a connection for each.
+    setter_client = async_client(spec["port"], "bench-holders", n * w + 16)
+    probe_ = Probe(spec["port"])
+    names = [f"{spec['name']}:{i}" for i in range(n)]
+    events = [RedisEvent(client, name) for name in names for _ in range(w)]
+    setters = [RedisEvent(setter_client, name) for name in names]
+    done: list[float] = []
+
+    async def wait(event: Any) -> None:
+        await event.wait()
+        done.append(time.perf_counter())
+
+    tasks = [asyncio.ensure_future(wait(e)) for e in events]
+    try:
+        await _all_waiting(probe_, spec["lib"], names, len(events), prefix="redsync:event")
+        connections = await probe_.connections("bench-instances")
+        waiting_now = sum(1 for t in tasks if not t.done())
+        set_at = time.perf_counter()
+        await asyncio.gather(*(s.set() for s in setters for _ in range(w)))
+        drain_cap = float(spec.get("drain_cap", 60.0))
+        _, pending = await asyncio.wait(tasks, timeout=drain_cap)
+        gave_up = time.perf_counter()
+        for task in pending:
+            task.cancel()
+        errors = [
+            repr(t.exception()) for t in tasks if t.done() and not t.cancelled() and t.exception()
+        ]
+    finally:
+        for event in events + setters:
+            close = getattr(event, "close", None)  # 2.0.0's events have none
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    pass
+        await client.aclose()
+        await setter_client.aclose()
+        await probe_.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} waiters failed, first: {errors[0]}")
+    return {
+        "connections": connections,
+        "waiting": waiting_now,
+        "instances": len(events),
+        "drained": len(done),
+        "undrained": len(pending),
+        "drain": (gave_up if pending else max(done)) - set_at,
     }
 
 
@@ -624,6 +686,7 @@ MODES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "crash_waiter": run_crash_waiter,
     "idle": run_idle,
     "instances": run_instances,
+    "event_instances": run_event_instances,
     "permits": run_permits,
 }
 
