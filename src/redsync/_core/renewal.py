@@ -37,6 +37,8 @@ log = logging.getLogger("redsync")
 
 #: How far ahead of its due time (in periods) a renewal may run to share a round trip.
 EARLY = 0.55
+#: Seconds after which the loop stops waiting for a round and goes on beside it.
+HELD_UP = 0.1
 
 
 @dataclass(eq=False)
@@ -169,13 +171,15 @@ class Renewer:
                     renewal._busy = True
                     if renewal.due == 0.0:
                         renewal.due = -1.0  # kicked: a kick during this round re-arms it
-                # The round runs beside the loop: a round held up (a node that
-                # stopped answering, a finish that must fall back to sending a
-                # script's source) delays only its own renewals, never the
-                # next round of every other instance.
+                # Rounds follow one another (one connection per node), but a
+                # round held up (a node that stopped answering, a finish that
+                # falls back to sending a script's source) goes on beside the
+                # loop after HELD_UP: it delays only its own renewals, never
+                # the next round of every other instance.
                 task = loop.create_task(self._round_guarded(due))
                 self._rounds.add(task)
                 task.add_done_callback(self._round_done)
+                await asyncio.wait([task], timeout=HELD_UP)
         finally:
             self._task = None
 
@@ -274,16 +278,19 @@ class Renewer:
             raise
         except Exception as exc:
             outcome, server_now = exc, 0
-        finishes = [
-            self._finish(renewal, batch, outcome, start, end, server_now)
-            for (renewal, batch), (start, end) in zip(items, spans)
-        ]
-        # Side by side: a finish that does more I/O (a fallback after NOSCRIPT)
-        # does not hold up the bookkeeping of the others.
-        if len(finishes) == 1:
-            await finishes[0]
-        else:
-            await asyncio.gather(*finishes)
+        loop = asyncio.get_running_loop()
+        left: list[asyncio.Task[None]] = []
+        for (renewal, batch), (start, end) in zip(items, spans):
+            # One after another (a finish that writes borrows a connection:
+            # side by side they would open more), but one that takes longer
+            # than HELD_UP (a fallback after NOSCRIPT to a node that stopped
+            # answering) goes on beside the others instead of holding them up.
+            task = loop.create_task(self._finish(renewal, batch, outcome, start, end, server_now))
+            done, _ = await asyncio.wait([task], timeout=HELD_UP)
+            if not done:
+                left.append(task)
+        if left:
+            await asyncio.wait(left)
 
     async def _finish(
         self,
