@@ -1,8 +1,10 @@
-"""Differences between redis-py versions, in one place.
+"""Differences between redis-py versions, and its private attributes, in one place.
 
 Every version shim of the library lives here, each with the versions it
 covers and why it is needed, so that dropping an old redis-py is deleting
-code from one module.
+code from one module; so does every read of an attribute redis-py does not
+document (a connection's stream and parser), so that a redis-py release
+that renames one breaks one module, where its tests show it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,31 @@ def node_put(node: ClusterNode, conn: AbstractConnection) -> None:
         node.release(conn)  # type: ignore[arg-type]
     else:  # redis-py < 5.1 has no ClusterNode.release()
         node._free.append(conn)  # type: ignore[arg-type]
+
+
+# -- a connection's stream (redis-py private attributes) --------------------------
+
+
+def stream_reader(conn: AbstractConnection) -> asyncio.StreamReader | None:
+    """The open connection's stream reader (None when it is closed)."""
+    reader = getattr(conn, "_reader", None)
+    return reader if isinstance(reader, asyncio.StreamReader) else None
+
+
+def stream_writer(conn: AbstractConnection) -> asyncio.StreamWriter | None:
+    """The open connection's stream writer (None when it is closed)."""
+    writer = getattr(conn, "_writer", None)
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+
+def reply_parser(conn: AbstractConnection) -> Any:
+    """redis-py's reply parser of the connection (None when it has none)."""
+    return getattr(conn, "_parser", None)
+
+
+def parser_holds_data(parser: Any) -> bool:
+    """Whether redis-py's pure-Python parser has buffered bytes of a reply."""
+    return bool(getattr(parser, "_buffer", None))
 
 
 # -- refreshing a cluster's slot map ---------------------------------------------

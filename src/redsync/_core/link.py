@@ -164,7 +164,7 @@ class _Replies:
 
     def _error(self, message: str) -> BaseException:
         """An error reply, as the exception redis-py's parser would make of it."""
-        exc: BaseException = self._conn._parser.parse_error(message)  # type: ignore[no-untyped-call]
+        exc: BaseException = compat.reply_parser(self._conn).parse_error(message)
         if isinstance(exc, rex.ConnectionError):
             raise exc
         return exc
@@ -176,13 +176,11 @@ class _Replies:
             # connection closes itself on READONLY, so the pool finds the new
             # master): leave those to redis-py.
             return None
-        parser = getattr(conn, "_parser", None)
-        reader = getattr(conn, "_reader", None)
-        if type(parser).__name__ not in _STREAM_PARSERS or not isinstance(
-            reader, asyncio.StreamReader
-        ):
+        parser = compat.reply_parser(conn)
+        reader = compat.stream_reader(conn)
+        if type(parser).__name__ not in _STREAM_PARSERS or reader is None:
             return None
-        if getattr(parser, "_buffer", None):
+        if compat.parser_holds_data(parser):
             return None  # it holds part of a reply (cannot happen between commands)
         replies = cls(conn, reader)
         if timeout is not None:
@@ -191,7 +189,7 @@ class _Replies:
 
     def _expire(self) -> None:
         self.expired = True
-        writer = getattr(self._conn, "_writer", None)
+        writer = compat.stream_writer(self._conn)
         if writer is not None:
             writer.transport.abort()  # the read in progress ends; the caller discards it
 
@@ -546,7 +544,7 @@ class Link:
             if fast is not None:
                 fast.done()
         except AttributeError as exc:
-            if getattr(conn, "_writer", None) is not None and getattr(conn, "_reader", None):
+            if compat.stream_writer(conn) is not None and compat.stream_reader(conn) is not None:
                 raise
             # redis-py's way of saying that something else (a client's aclose(),
             # a cluster node dropped from the slot map) closed it mid-command.

@@ -36,6 +36,7 @@ from typing import Any
 from redis import exceptions as rex
 from redis.asyncio.connection import AbstractConnection
 
+from . import compat
 from .link import AMBIGUOUS, TRANSIENT, Link, _Pool, text
 from .resp import Incomplete, parse
 
@@ -72,7 +73,7 @@ class _Frames:
     """
 
     def __init__(self, conn: AbstractConnection) -> None:
-        reader = getattr(conn, "_reader", None)
+        reader = compat.stream_reader(conn)
         if reader is None:
             raise rex.ConnectionError("hand-off listener: connection not open")
         self._reader: asyncio.StreamReader = reader
