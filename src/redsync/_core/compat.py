@@ -63,6 +63,16 @@ def stream_writer(conn: AbstractConnection) -> asyncio.StreamWriter | None:
     return writer if isinstance(writer, asyncio.StreamWriter) else None
 
 
+def take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """Whatever the stream reader holds unread, taken out of it."""
+    buffer = getattr(reader, "_buffer", None)
+    if not buffer:
+        return b""
+    data = bytes(buffer)
+    buffer.clear()
+    return data
+
+
 def reply_parser(conn: AbstractConnection) -> Any:
     """redis-py's reply parser of the connection (None when it has none)."""
     return getattr(conn, "_parser", None)

@@ -18,7 +18,7 @@ subscriptions of its channel only (one dict lookup), however many instances
 the listener serves.
 
 The connection is read and parsed by this module's own loop (see
-:class:`_Frames`), so RESP2 and RESP3 clients (redis-py 8 defaults to RESP3,
+:class:`_Tap`), so RESP2 and RESP3 clients (redis-py 8 defaults to RESP3,
 where messages are push frames) and the async cluster client of redis-py 5.0,
 which has no pub/sub, all work alike.  One control command (SSUBSCRIBE,
 SUNSUBSCRIBE, PING) is in flight at a time, and its answer is the next frame
@@ -62,37 +62,60 @@ def _no_answer(answer: asyncio.Future[Any]) -> None:
         answer.exception()  # its asker may be gone: never "unretrieved"
 
 
-class _Frames:
-    """The frames arriving on a subscribed connection, read in batches.
+class _Tap(asyncio.Protocol):
+    """The subscribed connection's frames, parsed as they arrive.
 
-    The listener reads its connection itself rather than through redis-py's
-    parser: one read per batch of frames and a synchronous parse, instead of
-    several awaits per element of every notice (a notice's parse was a good
-    part of a hand-off's cost on the receiving side).  Only frames sent after
-    the handshake are read here, so redis-py's parser holds nothing of them.
+    Put in front of the connection's own stream protocol once it is set up,
+    so that a notice is parsed and delivered in the event loop's callback for
+    the data itself: the waiting task then runs in the loop's next step, as
+    a task blocked on its own connection would, instead of a step after a
+    reader task has run (a step on every hand-off between processes).  The
+    parse is this module's own (see :mod:`.resp`), one synchronous pass over
+    whatever arrived.  Flow control and the end of the connection still go
+    to the stream protocol, so redis-py sees the connection close.
     """
 
-    def __init__(self, conn: AbstractConnection) -> None:
-        reader = compat.stream_reader(conn)
-        if reader is None:
-            raise rex.ConnectionError("hand-off listener: connection not open")
-        self._reader: asyncio.StreamReader = reader
+    def __init__(
+        self, inner: Any, on_frame: Callable[[Any], None], on_end: Callable[[], None]
+    ) -> None:
+        self._inner = inner
+        self._on_frame = on_frame
+        self._on_end = on_end
         self._buf = b""
         self._pos = 0
 
-    async def next(self) -> Any:
-        while True:
-            if self._pos < len(self._buf):
-                try:
-                    frame, self._pos = parse(self._buf, self._pos)
-                    return frame
-                except Incomplete:
-                    pass
-            data = await self._reader.read(65536)
-            if not data:
-                raise rex.ConnectionError("hand-off listener: connection closed by the server")
-            self._buf = self._buf[self._pos :] + data
-            self._pos = 0
+    def feed(self, data: bytes) -> None:
+        self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else data
+        self._pos = 0
+        while self._pos < len(self._buf):
+            try:
+                frame, self._pos = parse(self._buf, self._pos)
+            except Incomplete:
+                return
+            self._on_frame(frame)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.feed(data)
+        except Exception:  # a frame that cannot be parsed: the connection is unusable
+            log.exception("hand-off listener: unreadable frame")
+            self._on_end()
+
+    def eof_received(self) -> bool | None:
+        self._on_end()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._on_end()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
 
 class PushUnavailable(Exception):
@@ -107,7 +130,8 @@ class _Listener:
         self._registry = registry
         self.key = key
         self._conn: AbstractConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
+        #: In front of the connection's stream protocol once it is set up.
+        self._tap: _Tap | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._control = asyncio.Lock()
         #: The answer the control command in flight waits for.
@@ -192,7 +216,7 @@ class _Listener:
                     # put back with the connection (see _give_back).
                     self._timeout = self._conn.socket_timeout
                     self._conn.socket_timeout = None
-                    self._reader = asyncio.ensure_future(self._read(self._conn))
+                    self._tap = self._listen(self._conn)
                     self._pinger = asyncio.ensure_future(self._ping())
                 await self._conn.send_packed_command(
                     self._conn.pack_command(*command), check_health=False
@@ -207,7 +231,7 @@ class _Listener:
             except BaseException as exc:
                 # A cancelled command leaves the listener as it was, unless it
                 # was cut short while the connection was being set up.
-                if not isinstance(exc, asyncio.CancelledError) or self._reader is None:
+                if not isinstance(exc, asyncio.CancelledError) or self._tap is None:
                     self._die()
                 raise
             finally:
@@ -221,30 +245,39 @@ class _Listener:
             except Exception:
                 return  # _command ended the listener
 
-    async def _read(self, conn: AbstractConnection) -> None:
-        try:
-            frames = _Frames(conn)
-            while True:
-                frame = await frames.next()
-                if isinstance(frame, rex.ResponseError):
-                    self._resolve(frame)
-                    continue
-                if isinstance(frame, (list, tuple)) and frame:
-                    kind = text(frame[0]).lower()
-                    if kind in ("smessage", "message") and len(frame) >= 3:
-                        self._deliver(text(frame[1]), text(frame[2]))
-                        continue
-                    if kind == "sunsubscribe" and self._answer is None:
-                        # Not asked for: the server dropped it (its slot moved).
-                        self._dropped(text(frame[1]))
-                        continue
-                self._resolve(frame)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not self._dead:
-                log.debug("hand-off listener lost its connection: %r", exc)
+    def _listen(self, conn: AbstractConnection) -> _Tap:
+        """Put a tap in front of the set-up connection's stream protocol."""
+        writer = compat.stream_writer(conn)
+        reader = compat.stream_reader(conn)
+        if writer is None or reader is None:
+            raise rex.ConnectionError("hand-off listener: connection not open")
+        transport = writer.transport
+        tap = _Tap(transport.get_protocol(), self._frame, self._ended)
+        transport.set_protocol(tap)
+        left = compat.take_buffered(reader)  # nothing, after the handshake
+        if left:
+            tap.feed(left)
+        return tap
+
+    def _ended(self) -> None:
+        if not self._dead:
+            log.debug("hand-off listener lost its connection")
         self._die()
+
+    def _frame(self, frame: Any) -> None:
+        if isinstance(frame, rex.ResponseError):
+            self._resolve(frame)
+            return
+        if isinstance(frame, (list, tuple)) and frame:
+            kind = text(frame[0]).lower()
+            if kind in ("smessage", "message") and len(frame) >= 3:
+                self._deliver(text(frame[1]), text(frame[2]))
+                return
+            if kind == "sunsubscribe" and self._answer is None:
+                # Not asked for: the server dropped it (its slot moved).
+                self._dropped(text(frame[1]))
+                return
+        self._resolve(frame)
 
     def _resolve(self, frame: Any) -> None:
         answer = self._answer
@@ -274,9 +307,8 @@ class _Listener:
             answer.set_exception(rex.ConnectionError("hand-off listener closed"))
             answer.exception()  # its asker may be gone (timed out): never "unretrieved"
         current = asyncio.current_task()
-        for task in (self._reader, self._pinger):
-            if task is not None and task is not current:
-                task.cancel()
+        if self._pinger is not None and self._pinger is not current:
+            self._pinger.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
             self._closing = closing = asyncio.ensure_future(self._give_back(conn))
