@@ -58,6 +58,29 @@ def _present(summary: dict[str, Any], key: str) -> list[str]:
     return [lib for lib in LIBS if lib in summary.get(key, {})]
 
 
+def _instance_table(summary: dict[str, Any], case: str, title: str, text: str) -> list[str]:
+    """The rows of a many-instances case (semaphores or events), with its heading."""
+    rows = []
+    for key in _keys(summary, case):
+        for lib in _present(summary, key):
+            e = summary[key][lib]
+            rows.append(
+                _error(e, 6)
+                or [
+                    _label(key),
+                    LIBS[lib],
+                    fmt_num(e.get("instances")),
+                    fmt_num(e.get("connections")),
+                    fmt_time(e.get("drain")),
+                    fmt_num(e.get("undrained")),
+                ]
+            )
+    if not rows:
+        return []
+    header = ["case", "library", "instances", "connections", "drain", "left"]
+    return [title, "", text, "", *_table(header, rows)]
+
+
 # -- targets ---------------------------------------------------------------------------------
 
 
@@ -566,63 +589,26 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         ]
         out += _table(["semaphores", "library", "commands/s", "connections", "tasks"], idle_rows)
 
-    instance_rows = []
-    for key in _keys(summary, "instances"):
-        for lib in _present(summary, key):
-            e = summary[key][lib]
-            instance_rows.append(
-                _error(e, 6)
-                or [
-                    _label(key),
-                    LIBS[lib],
-                    fmt_num(e.get("instances")),
-                    fmt_num(e.get("connections")),
-                    fmt_time(e.get("drain")),
-                    fmt_num(e.get("undrained")),
-                ]
-            )
-    if instance_rows:
-        out += [
-            "### Many instances and semaphores",
-            "",
-            "Each semaphore (count=1) has one holder (on its own client) and the given "
-            "number of waiter instances, one per waiting task, all on one client: ours on a "
-            "default-sized pool (100), 2.0.0 on the pool it needs. Connections: CLIENT LIST "
-            "entries of the waiters' client once every waiter is queued. Drain: from the "
-            "holders' release until every waiter has acquired and released.",
-            "",
-        ]
-        out += _table(
-            ["case", "library", "instances", "connections", "drain", "left"], instance_rows
-        )
-
-    event_rows = []
-    for key in _keys(summary, "event_instances"):
-        for lib in _present(summary, key):
-            e = summary[key][lib]
-            event_rows.append(
-                _error(e, 6)
-                or [
-                    _label(key),
-                    LIBS[lib],
-                    fmt_num(e.get("instances")),
-                    fmt_num(e.get("connections")),
-                    fmt_time(e.get("drain")),
-                    fmt_num(e.get("undrained")),
-                ]
-            )
-    if event_rows:
-        out += [
-            "### Many waiting event instances",
-            "",
-            "Each event has the given number of waiting instances, one per waiting task, "
-            "all on one client: ours on a default-sized pool (100), 2.0.0 on the pool it "
-            "needs. Connections: CLIENT LIST entries of the waiters' client once every "
-            "waiter is queued. Drain: from the first of the setter's set() calls (one per "
-            "waiter, from another client) until every waiter has returned.",
-            "",
-        ]
-        out += _table(["case", "library", "instances", "connections", "drain", "left"], event_rows)
+    out += _instance_table(
+        summary,
+        "instances",
+        "### Many instances and semaphores",
+        "Each semaphore (count=1) has one holder (on its own client) and the given "
+        "number of waiter instances, one per waiting task, all on one client: ours on a "
+        "default-sized pool (100), 2.0.0 on the pool it needs. Connections: CLIENT LIST "
+        "entries of the waiters' client once every waiter is queued. Drain: from the "
+        "holders' release until every waiter has acquired and released.",
+    )
+    out += _instance_table(
+        summary,
+        "event_instances",
+        "### Many waiting event instances",
+        "Each event has the given number of waiting instances, one per waiting task, "
+        "all on one client: ours on a default-sized pool (100), 2.0.0 on the pool it "
+        "needs. Connections: CLIENT LIST entries of the waiters' client once every "
+        "waiter is queued. Drain: from the first of the setter's set() calls (one per "
+        "waiter, from another client) until every waiter has returned.",
+    )
 
     permit_rows = []
     for key in _keys(summary, "permits"):

@@ -467,6 +467,44 @@ async def _all_waiting(
         await asyncio.sleep(0.05)
 
 
+async def _drain(
+    spec: dict[str, Any], tasks: list[asyncio.Future[None]]
+) -> tuple[Any, float, list[str]]:
+    """Wait for ``tasks`` (at most the drain cap): the ones left, when the wait ended,
+    and the errors of those that failed."""
+    _, pending = await asyncio.wait(tasks, timeout=float(spec.get("drain_cap", 60.0)))
+    ended = time.perf_counter()
+    for task in pending:
+        task.cancel()
+    errors = [
+        repr(t.exception()) for t in tasks if t.done() and not t.cancelled() and t.exception()
+    ]
+    return pending, ended, errors
+
+
+def _drained(
+    connections: int,
+    waiting: int,
+    instances: int,
+    done: list[float],
+    pending: Any,
+    ended: float,
+    started: float,
+    errors: list[str],
+) -> dict[str, Any]:
+    """The result of a many-instances case."""
+    if errors:
+        raise RuntimeError(f"{len(errors)} waiters failed, first: {errors[0]}")
+    return {
+        "connections": connections,
+        "waiting": waiting,
+        "instances": instances,
+        "drained": len(done),
+        "undrained": len(pending),
+        "drain": (ended if pending else max(done)) - started,
+    }
+
+
 async def run_instances(spec: dict[str, Any]) -> dict[str, Any]:
     """``semaphores`` semaphores, each with 1 holder and ``waiters`` waiter instances
     (one instance per waiting task, as 2.0.0 code is written), all in one process:
@@ -503,14 +541,7 @@ async def run_instances(spec: dict[str, Any]) -> dict[str, Any]:
         waiting_now = sum(1 for t in tasks if not t.done())
         released_at = time.perf_counter()
         await asyncio.gather(*(h.release() for h in holders))
-        drain_cap = float(spec.get("drain_cap", 60.0))
-        _, pending = await asyncio.wait(tasks, timeout=drain_cap)
-        gave_up = time.perf_counter()
-        for task in pending:
-            task.cancel()
-        errors = [
-            repr(t.exception()) for t in tasks if t.done() and not t.cancelled() and t.exception()
-        ]
+        pending, ended, errors = await _drain(spec, tasks)
     finally:
         for sem in sems + holders:
             try:
@@ -520,16 +551,7 @@ async def run_instances(spec: dict[str, Any]) -> dict[str, Any]:
         await client.aclose()
         await holder_client.aclose()
         await probe_.close()
-    if errors:
-        raise RuntimeError(f"{len(errors)} waiters failed, first: {errors[0]}")
-    return {
-        "connections": connections,
-        "waiting": waiting_now,
-        "instances": len(sems),
-        "drained": len(done),
-        "undrained": len(pending),
-        "drain": (gave_up if pending else max(done)) - released_at,
-    }
+    return _drained(connections, waiting_now, len(sems), done, pending, ended, released_at, errors)
 
 
 async def run_event_instances(spec: dict[str, Any]) -> dict[str, Any]:
@@ -561,14 +583,7 @@ async def run_event_instances(spec: dict[str, Any]) -> dict[str, Any]:
         waiting_now = sum(1 for t in tasks if not t.done())
         set_at = time.perf_counter()
         await asyncio.gather(*(s.set() for s in setters for _ in range(w)))
-        drain_cap = float(spec.get("drain_cap", 60.0))
-        _, pending = await asyncio.wait(tasks, timeout=drain_cap)
-        gave_up = time.perf_counter()
-        for task in pending:
-            task.cancel()
-        errors = [
-            repr(t.exception()) for t in tasks if t.done() and not t.cancelled() and t.exception()
-        ]
+        pending, ended, errors = await _drain(spec, tasks)
     finally:
         for event in events + setters:
             close = getattr(event, "close", None)  # 2.0.0's events have none
@@ -580,16 +595,7 @@ async def run_event_instances(spec: dict[str, Any]) -> dict[str, Any]:
         await client.aclose()
         await setter_client.aclose()
         await probe_.close()
-    if errors:
-        raise RuntimeError(f"{len(errors)} waiters failed, first: {errors[0]}")
-    return {
-        "connections": connections,
-        "waiting": waiting_now,
-        "instances": len(events),
-        "drained": len(done),
-        "undrained": len(pending),
-        "drain": (gave_up if pending else max(done)) - set_at,
-    }
+    return _drained(connections, waiting_now, len(events), done, pending, ended, set_at, errors)
 
 
 # -- case 4d: many permits in one instance ------------------------------------------------
