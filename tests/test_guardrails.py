@@ -35,7 +35,8 @@ OBSERVER_COMMANDS = frozenset({"info", "config|resetstat", "client|list"})
 
 
 def _script_only_commands() -> frozenset[str]:
-    """Commands the semaphore's Lua scripts call but a LUA-strategy client never sends itself.
+    """Commands the semaphore's Lua scripts (and the shared fragments they include)
+    call but a LUA-strategy client never sends itself.
 
     ``INFO commandstats`` also counts the commands a script calls, so these are
     subtracted to get what went over the wire.  HMGET, TIME, LLEN, ZRANGE and
@@ -43,7 +44,8 @@ def _script_only_commands() -> frozenset[str]:
     subtracted: if a script calls them they are over-counted, not hidden.
     """
     called: set[str] = set()
-    for script in resources.files("redsync.semaphore").joinpath("lua").iterdir():
+    folders = [resources.files(p).joinpath("lua") for p in ("redsync.semaphore", "redsync._core")]
+    for script in (script for folder in folders for script in folder.iterdir()):
         if script.name.endswith(".lua"):
             text = script.read_text("utf-8")
             called.update(m.lower() for m in re.findall(r"redis\.p?call\('(\w+)'", text))

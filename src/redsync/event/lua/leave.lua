@@ -10,6 +10,7 @@
 -- channel   ARGV[5] ack record ttl ms
 -- Returns the signal delivered to this wait, or false.
 --@include listening
+--@include live
 --@include give
 local member, id = ARGV[1], ARGV[2]
 redis.call('ZREM', KEYS[2], member)

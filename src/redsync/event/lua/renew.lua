@@ -11,6 +11,7 @@
 -- the tickets queued again, then per member the signal handed to it or ''}.
 --@include ticket
 --@include listening
+--@include live
 --@include give
 local ttl = tonumber(ARGV[1])
 local t = redis.call('TIME')

@@ -8,6 +8,7 @@
 -- tail
 -- Returns 1, or 0 when the record shows an earlier attempt went through.
 --@include listening
+--@include live
 --@include give
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return 0

@@ -14,6 +14,7 @@
 -- a take was asked, and nothing was pending).
 --@include ticket
 --@include listening
+--@include live
 --@include give
 local member, id = ARGV[1], ARGV[2]
 local ttl = tonumber(ARGV[3])

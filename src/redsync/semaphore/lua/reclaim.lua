@@ -10,6 +10,7 @@
 -- ARGV[4+n] recovery window ms   ARGV[5+n] the semaphore's channel
 -- Returns the number of permits handed on, or -1 if the generation differs.
 --@include listening
+--@include live
 --@include give
 local ttl = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[2] then

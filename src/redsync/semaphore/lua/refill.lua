@@ -10,6 +10,7 @@
 -- again and retry), -3 if a registered member has not renewed since the
 -- window opened (try again later: it may hold a permit it has yet to put back).
 --@include listening
+--@include live
 --@include give
 local meta = redis.call('HMGET', KEYS[1], 'gen', 'recover')
 if meta[1] ~= ARGV[3] then

@@ -11,6 +11,7 @@
 -- already released), {-1} the semaphore is gone (it is re-established
 -- without this token), {-2} the semaphore now belongs to another generation.
 --@include listening
+--@include live
 --@include give
 local gen = redis.call('HGET', KEYS[1], 'gen')
 local removed = redis.call('LREM', KEYS[3], 1, ARGV[1])
