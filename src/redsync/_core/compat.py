@@ -132,7 +132,6 @@ async def refresh_slots(client: RedisCluster, mark: int) -> None:
             return  # another link's refresh, begun after ours was asked for
         refresher.started += 1
         number = refresher.started
-        keep_cluster_nodes(client)
         await client.nodes_manager.initialize()
         refresher.finished = number
 

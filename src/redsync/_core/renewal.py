@@ -54,6 +54,9 @@ class Batch:
     dedupe: object = None
     #: Seconds until the next renewal after this one succeeds.
     period: float | None = None
+    #: ``finish`` sends nothing (it only reads the replies): it runs in the
+    #: round itself, with no task of its own (the thousands of idle instances).
+    inline: bool = False
 
 
 class Renewable(Protocol):
@@ -285,7 +288,11 @@ class Renewer:
             # side by side they would open more), but one that takes longer
             # than HELD_UP (a fallback after NOSCRIPT to a node that stopped
             # answering) goes on beside the others instead of holding them up.
-            task = loop.create_task(self._finish(renewal, batch, outcome, start, end, server_now))
+            step = self._finish(renewal, batch, outcome, start, end, server_now)
+            if batch.inline:
+                await step
+                continue
+            task = loop.create_task(step)
             done, _ = await asyncio.wait([task], timeout=HELD_UP)
             if not done:
                 left.append(task)

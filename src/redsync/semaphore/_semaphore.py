@@ -1105,6 +1105,7 @@ class RedisSemaphore:
                 self._lean_done,
                 dedupe=(self._lean[0][1], self._ttl_ms),
                 period=self.lease_ttl / 2,
+                inline=True,
             )
         if not isinstance(self._ops, LuaOps) or self._link.replicas:
             return None
