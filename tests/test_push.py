@@ -28,6 +28,7 @@ from devtools.servers import RedisServer
 from helpers import assert_permits, clients_named, keyspace, replica_linked
 from redsync import RedisEvent, RedisSemaphore
 from redsync._core.keys import KeySpace
+from redsync.semaphore._slot import Phase
 
 HOLDER = str(Path(__file__).parent / "workers" / "holder.py")
 
@@ -196,7 +197,7 @@ async def test_a_late_notice_of_an_earlier_wait_is_ignored(
     second = asyncio.ensure_future(waiter.acquire())
     await wait_until(lambda: queued(redis, unique_name), timeout=5)
     slot = waiter._by_member[member]
-    assert slot.waiting, "the second wait reuses the first wait's slot"
+    assert slot.phase is Phase.WAITING, "the second wait reuses the first wait's slot"
     assert slot.number is not None and slot.number != number
     deliver(held_back[0])  # the late notice arrives now
     await asyncio.sleep(0)

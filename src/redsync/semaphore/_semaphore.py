@@ -25,7 +25,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as rex
@@ -55,6 +55,7 @@ from ._ops import (
     recovery_window_ms,
     renew_result,
 )
+from ._slot import Check, Holding, Phase, Slot
 
 __all__ = [
     "HolderInfo",
@@ -119,73 +120,19 @@ class SemaphoreStatistics:
 
 
 @dataclass(eq=False)
-class _Slot:
-    """A list that holds at most one permit token: the lease record of one acquisition.
-
-    One token per slot makes every operation on it unambiguous: a release
-    retried after a lost reply can only remove the token it is releasing,
-    because nothing else can enter the slot until that release is settled.
-    """
-
-    member: str
-    key: str
-    holding: _Holding | None = None
-    #: A move into this slot is outstanding.
-    busy: bool = False
-    #: A move's reply was lost: the slot's content is unknown until a renewal.
-    dirty: bool = False
-    #: The token whose release from this slot is in flight.
-    releasing: str | None = None
-    registered: bool = False
-    #: Bumped whenever a move starts, so a renewal can tell if one ran meanwhile.
-    epoch: int = 0
-    #: Queued in ``RedisSemaphore._maybe_free``.
-    queued: bool = False
-    #: A task waits on this slot's ticket in the semaphore's waiter queue.
-    waiting: bool = False
-    #: A ticket of this slot may still be queued: the next renewal drops it.
-    ticket: bool = False
-    #: The number of the ticket the current wait queued (None: not known yet).
-    number: str | None = None
-    #: Notices (token, number) that came before the number was known.
-    early: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def free(self) -> bool:
-        return (
-            self.holding is None
-            and not self.busy
-            and not self.dirty
-            and not self.releasing
-            and not self.ticket
-        )
-
-
-@dataclass(eq=False)
 class _RenewRequest:
     """What a renewal sent, to compare with what it finds."""
 
     sent_at: float
-    slots: list[_Slot]
-    #: Per slot: (epoch, busy, holding, releasing) when it was sent.
-    snapshot: list[tuple[int, bool, _Holding | None, str | None]]
+    slots: list[Slot]
+    #: Per slot: (epoch, phase, holding) when it was sent.
+    snapshot: list[tuple[int, Phase, Holding | None]]
     states: list[SlotState]
     partial: bool
     #: The instance's channel, if it was subscribed (the renewal reports
     #: whether the node has it), and which subscription that was.
     channel: str = ""
     joined: int = -1
-
-
-@dataclass(eq=False)
-class _Holding:
-    token: str
-    slot: _Slot
-    #: Who acquired it: a task, or a thread of the blocking facade.
-    owner: object = None
-    lost: bool = False
-    #: Its key in ``RedisSemaphore._held``: the token, unless it had to make room.
-    key: str = ""
 
 
 def _count(value: object) -> int:
@@ -278,7 +225,7 @@ class RedisSemaphore:
         self._ops = _ops_for(strategy, link, keys)
         self._instance = uuid.uuid4().hex[:16]
         lanes = [Lane(i) for i in range(min(meta_count, MAX_LANES))]
-        self._slots: list[_Slot] = []
+        self._slots: list[Slot] = []
         #: Numbers slots, never reusing a member name (idle slots are dropped).
         self._slot_seq = 0
         #: Renewals that found nothing held, waited for or moving, in a row.
@@ -287,9 +234,9 @@ class RedisSemaphore:
         self._full_due = False
         #: Slots that may have become free, so finding one costs O(1) however
         #: many permits this instance holds (each entry is checked when taken).
-        self._maybe_free: collections.deque[_Slot] = collections.deque()
+        self._maybe_free: collections.deque[Slot] = collections.deque()
         self._slot_waiters: list[asyncio.Future[None]] = []
-        self._held: dict[str, _Holding] = {}
+        self._held: dict[str, Holding] = {}
         self._dispatcher: Dispatcher[str] = Dispatcher(
             link, self, lanes, self._closed_error, max_block=self._block
         )
@@ -301,7 +248,7 @@ class RedisSemaphore:
         self._lost_callbacks: list[Callable[[], object]] = []
         #: Push mode: the member of each slot a task waits on, and its future.
         self._waits: dict[str, asyncio.Future[str | None]] = {}
-        self._by_member: dict[str, _Slot] = {}
+        self._by_member: dict[str, Slot] = {}
         self._sub: Subscription | None = None
         #: Background steps (leaving the queue after a cancellation).
         self._tasks: set[asyncio.Task[None]] = set()
@@ -446,7 +393,7 @@ class RedisSemaphore:
             # now: it is not ours to use.  Try again.
             if holding is not None:
                 del self._held[token]
-                self._vacate(holding.slot)
+                self._vacate(holding)
 
     async def release(self) -> None:
         """Return one permit held by this instance (preferably one taken by this task).
@@ -468,11 +415,11 @@ class RedisSemaphore:
             )
         del self._held[holding.key]
         if holding.lost:
-            if holding.slot.holding is holding:
-                self._vacate(holding.slot)
+            self._vacate(holding)
             raise self._lost_error()
         # Cancelling this await cannot lose or double the permit: the slot
-        # is then marked dirty and the next renewal settles where the token is.
+        # is then marked for a check, and the next renewal settles where the
+        # token is.
         result = await self._return(holding)
         if result in (0, -2):
             self._mark_lost(holding)
@@ -506,7 +453,7 @@ class RedisSemaphore:
                 log.debug("unsubscribing %s failed: %r", self.name, exc)
         await self._renewal.stop(grace=0.3)
         # Slots of lanes stopped mid-move (close() closes blocked connections).
-        cut = {slot for slot in self._slots if slot.dirty}
+        cut = {slot for slot in self._slots if slot.checks & Check.CONTENT}
         if cut:
             # One last renewal finds a permit such a move delivered and returns
             # it, so it does not wait in this instance's slot for the lease.
@@ -623,7 +570,7 @@ class RedisSemaphore:
             if block is not None:
                 await self._slot_freed(min(1.0, block))
             return None
-        slot.busy = True  # reserved: renewals leave it alone from now on
+        slot.to(Phase.RESERVED)  # renewals leave it alone from now on
         try:
             loop = asyncio.get_running_loop()
             if not slot.registered or loop.time() - self._last_renew > self.lease_ttl / 2:
@@ -631,16 +578,13 @@ class RedisSemaphore:
                 # it could otherwise outlive the lease unnoticed.
                 await self._sync(slot)
             if not slot.registered:  # the renewal found a new generation: start over
-                slot.busy = False
-                self._freed(slot)
+                self._clear(slot)
                 return None
             lane.conn = conn = await self._link.ensure(lane.conn)
             pool = self._keys.key("pool")
         except BaseException:
-            slot.busy = False
-            self._freed(slot)
+            self._clear(slot)
             raise
-        slot.epoch += 1
         lane.blocked = block is not None
         try:
             if block is not None:
@@ -652,18 +596,16 @@ class RedisSemaphore:
             lane.blocked = False
             if reply is not None:
                 # With replicas=N: durable before it is handed out.  The slot
-                # stays busy meanwhile, so a renewal cannot take the token for
-                # an orphan; if this is cancelled, the renewal adopts it.
+                # stays reserved meanwhile, so a renewal cannot take the token
+                # for an orphan; if this is cancelled, the renewal adopts it.
                 await self._link.replicate(conn)
         except BaseException:
-            slot.dirty = True
-            self._renewal.kick()
+            self._unsure(slot, Check.CONTENT)
             raise
         finally:
-            slot.busy = False
             lane.blocked = False
         if reply is None:
-            self._freed(slot)
+            self._clear(slot)
             return None
         return self._hold(slot, text(reply)).token
 
@@ -674,7 +616,7 @@ class RedisSemaphore:
         await self._lane_give_back(lane, item)
 
     async def _lane_settle(self, lane: Lane) -> None:
-        # Slots, not lanes, carry state: a dirty slot is settled by a renewal.
+        # Slots, not lanes, carry state: a marked slot is settled by a renewal.
         self._renewal.kick()
 
     async def _lane_give_back(self, lane: Lane, item: str) -> None:
@@ -682,7 +624,7 @@ class RedisSemaphore:
         if holding is None:
             return
         if holding.lost:
-            self._vacate(holding.slot)
+            self._vacate(holding)
         else:
             await self._return(holding)
 
@@ -714,7 +656,7 @@ class RedisSemaphore:
         The task's own slot is its ticket: ``enqueue.lua`` takes a free permit
         into it or queues it, and a release hands the next permit straight
         into it (``handed[member]``) and publishes a notice.  The slot stays
-        busy until the wait is settled, so no renewal mistakes what arrives
+        reserved or waiting until the wait is settled, so no renewal mistakes what arrives
         for an orphan; a wait that ends without a permit leaves the queue with
         ``dequeue.lua``, which reports a permit handed over meanwhile.
         """
@@ -734,24 +676,21 @@ class RedisSemaphore:
                 raise self._closed_error()
             slot = self._free_slot(unbounded=True)
             assert slot is not None
-            slot.busy = True
+            slot.to(Phase.RESERVED)
             try:
                 if not slot.registered or loop.time() - self._last_renew > self.lease_ttl / 2:
                     await self._sync(slot)
             except BaseException:
-                slot.busy = False
-                self._freed(slot)
+                self._clear(slot)
                 raise
             if not slot.registered:  # a new generation: start over
-                slot.busy = False
-                self._freed(slot)
+                self._clear(slot)
                 continue
             if not sub.active:
                 # Not subscribed (this instance has not had to wait lately):
                 # try the pool first, so an uncontended acquisition is one
                 # plain LMOVE and subscribes to nothing.  The pool holds
                 # tokens only while no live ticket waits, so this is FIFO.
-                slot.epoch += 1
                 try:
                     (taken,) = await self._link.pipeline(
                         [("LMOVE", ops.pool_key, slot.key, "LEFT", "RIGHT")]
@@ -766,23 +705,19 @@ class RedisSemaphore:
                     delay = min(delay * 2, 1.0)
                     continue
                 if taken is not None:
-                    slot.busy = False
                     return self._hold(slot, text(taken)).token
                 try:
                     await sub.start()  # before queueing: no notice can be missed
                 except PushUnavailable as exc:
-                    slot.busy = False
-                    self._freed(slot)
+                    self._clear(slot)
                     log.info("semaphore %r: waiting on blocking connections (%s)", self.name, exc)
                     return None
                 except BaseException:
-                    slot.busy = False
-                    self._freed(slot)
+                    self._clear(slot)
                     raise
             fut: asyncio.Future[str | None] = loop.create_future()
             self._waits[slot.member] = fut
-            slot.waiting = True
-            slot.epoch += 1
+            slot.to(Phase.WAITING)
             member, joined = slot.member, sub.joined
             try:
                 status, answer, listening = await retrying(
@@ -805,10 +740,9 @@ class RedisSemaphore:
             if status < 0:
                 # Gone (-1), re-created (-2) or the slot expired (-3): a full
                 # renewal re-establishes, or drops what is stale; then again.
-                self._end_wait(slot)
-                slot.busy = False
+                self._waits.pop(slot.member, None)
                 slot.registered = False
-                self._freed(slot)
+                self._clear(slot)
                 await self._renew()
                 continue
             if status == 0:
@@ -825,18 +759,11 @@ class RedisSemaphore:
                     token = await self._leave(slot, keep=True)
                     if token is None:
                         raise timeout_error()
-            self._end_wait(slot)
-            slot.busy = False
+            self._waits.pop(slot.member, None)
             assert token is not None
             return self._hold(slot, token).token
 
-    def _end_wait(self, slot: _Slot) -> None:
-        slot.waiting = False
-        slot.number = None
-        slot.early.clear()
-        self._waits.pop(slot.member, None)
-
-    def _numbered(self, slot: _Slot, number: str) -> None:
+    def _numbered(self, slot: Slot, number: str) -> None:
         """The current wait on ``slot`` is ticket ``number``: take a notice for it
         that came before the number was known."""
         slot.number = number
@@ -845,19 +772,17 @@ class RedisSemaphore:
             if named == number:
                 _settle(self._waits.get(slot.member), token)
 
-    def _abandon(self, slot: _Slot) -> None:
+    def _abandon(self, slot: Slot) -> None:
         """A wait ended in an unknown state: the next renewal drops its ticket
         and adopts whatever its slot holds."""
-        self._end_wait(slot)
-        slot.busy = False
-        slot.dirty = slot.ticket = True
-        slot.epoch += 1
-        self._renewal.kick()
+        self._waits.pop(slot.member, None)
+        self._unsure(slot, Check.CONTENT | Check.TICKET)
 
-    async def _leave(self, slot: _Slot, *, keep: bool) -> str | None:
+    async def _leave(self, slot: Slot, *, keep: bool) -> str | None:
         """Leave the queue.  A permit handed over meanwhile is returned
         (``keep``) or given back to the next waiter."""
-        self._end_wait(slot)
+        self._waits.pop(slot.member, None)
+        slot.to(Phase.RESERVED)
         try:
             token = await retrying(
                 lambda _: self._ops.dequeue(slot.member),  # type: ignore[attr-defined]
@@ -867,12 +792,10 @@ class RedisSemaphore:
             self._abandon(slot)
             raise
         if token is None:
-            slot.busy = False
-            self._freed(slot)
+            self._clear(slot)
             return None
         if keep:
             return str(token)
-        slot.busy = False
         holding = self._hold(slot, token)
         # Forgotten before the release is sent: its notice may reach another
         # waiter of this instance before the release's own reply comes back.
@@ -901,7 +824,7 @@ class RedisSemaphore:
         """
         member, token, number = ([*data.split(" "), "", ""])[:3]
         slot = self._by_member.get(member)
-        if slot is None or not slot.waiting or member not in self._waits:
+        if slot is None or slot.phase is not Phase.WAITING or member not in self._waits:
             return
         if slot.number is None:
             slot.early.append((token, number))
@@ -935,8 +858,8 @@ class RedisSemaphore:
 
     # -- internals ------------------------------------------------------------
 
-    def _pick(self, current: object) -> _Holding | None:
-        fallback: _Holding | None = None
+    def _pick(self, current: object) -> Holding | None:
+        fallback: Holding | None = None
         for holding in reversed(self._held.values()):
             if holding.owner is current:
                 return holding
@@ -944,7 +867,7 @@ class RedisSemaphore:
                 fallback = holding
         return fallback
 
-    def _free_slot(self, unbounded: bool = False) -> _Slot | None:
+    def _free_slot(self, unbounded: bool = False) -> Slot | None:
         while self._maybe_free:
             slot = self._maybe_free.popleft()
             slot.queued = False
@@ -960,19 +883,19 @@ class RedisSemaphore:
             return next((slot for slot in self._slots if slot.free), None)
         member = f"{self._instance}.{self._slot_seq}"
         self._slot_seq += 1
-        slot = _Slot(member, self._ops.slot_key(member))
+        slot = Slot(member, self._ops.slot_key(member))
         self._slots.append(slot)
         self._by_member[member] = slot
         return slot
 
-    def _freed(self, slot: _Slot) -> None:
+    def _freed(self, slot: Slot) -> None:
         """``slot`` may be free now: queue it and wake lanes waiting for one."""
         if not slot.queued:
             slot.queued = True
             self._maybe_free.append(slot)
         self._wake_slot_waiters()
 
-    def _hold(self, slot: _Slot, token: str) -> _Holding:
+    def _hold(self, slot: Slot, token: str) -> Holding:
         earlier = self._held.pop(token, None)
         if earlier is not None:
             # The server handed out a token this instance already holds: the
@@ -982,14 +905,30 @@ class RedisSemaphore:
             earlier.key = f"{token}#{uuid.uuid4().hex[:8]}"
             self._held[earlier.key] = earlier
             self._mark_lost(earlier)
-        holding = _Holding(token, slot, key=token)
-        slot.holding = holding
+        holding = Holding(token, slot, key=token)
+        slot.to(Phase.HELD, holding=holding)
         self._held[token] = holding
         return holding
 
-    def _vacate(self, slot: _Slot) -> None:
-        slot.holding = None
+    def _vacate(self, holding: Holding) -> None:
+        """Drop ``holding`` (lost) from its slot, which is then free again."""
+        slot = holding.slot
+        if slot.holding is holding:
+            slot.to(Phase.FREE)
+            self._freed(slot)
+
+    def _clear(self, slot: Slot) -> None:
+        """``slot`` holds nothing now (a move brought nothing, a wait ended
+        empty, a release went through): it is free again."""
+        slot.to(Phase.FREE)
         self._freed(slot)
+
+    def _unsure(self, slot: Slot, checks: Check) -> None:
+        """A move or wait on ``slot`` ended without knowing what the slot holds:
+        it is left to the renewal this kicks, which adopts what it finds."""
+        slot.to(Phase.FREE)
+        slot.mark(checks)
+        self._renewal.kick()
 
     async def _slot_freed(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -1008,18 +947,17 @@ class RedisSemaphore:
         for fut in waiters:
             _resolve(fut)
 
-    def _return(self, holding: _Holding) -> Awaitable[int]:
+    def _return(self, holding: Holding) -> Awaitable[int]:
         """Start returning ``holding``'s token to the pool.
 
-        The slot is marked as releasing before this returns, so a renewal
-        that still sees the token in it never mistakes it for an orphan.
+        The slot is releasing before this returns, so a renewal that still
+        sees the token in it never mistakes it for an orphan.
         """
         slot = holding.slot
-        slot.holding = None
-        slot.releasing = holding.token
+        slot.to(Phase.RELEASING, token=holding.token)
         return self._returning(slot, holding.token)
 
-    async def _returning(self, slot: _Slot, token: str) -> int:
+    async def _returning(self, slot: Slot, token: str) -> int:
         gen = token.rsplit(":", 1)[0]
 
         async def release(ambiguous: bool) -> int:
@@ -1032,14 +970,12 @@ class RedisSemaphore:
             return 1 if ambiguous and result == 0 else result
 
         try:
-            return await retrying(release, what="semaphore release")
+            result = await retrying(release, what="semaphore release")
         except BaseException:
-            slot.dirty = True  # the next renewal finds out where the token is
-            self._renewal.kick()
+            self._unsure(slot, Check.CONTENT)  # the renewal finds out where the token is
             raise
-        finally:
-            slot.releasing = None
-            self._freed(slot)
+        self._clear(slot)
+        return result
 
     def _closed_error(self) -> RedisSemaphoreClosedError:
         return RedisSemaphoreClosedError(f"semaphore {self.name!r} is closed")
@@ -1053,7 +989,7 @@ class RedisSemaphore:
             "before release(); raise lease_ttl above the longest stall of this process"
         )
 
-    def _mark_lost(self, holding: _Holding) -> None:
+    def _mark_lost(self, holding: Holding) -> None:
         if holding.lost:
             return
         holding.lost = True
@@ -1066,7 +1002,7 @@ class RedisSemaphore:
             except Exception:
                 log.exception("lease-lost callback failed")
 
-    async def _sync(self, slot: _Slot) -> None:
+    async def _sync(self, slot: Slot) -> None:
         """Make sure ``slot`` is registered under a fresh lease before a move into it.
 
         After a recent renewal only ``slot`` itself is registered (a renewal of
@@ -1076,9 +1012,9 @@ class RedisSemaphore:
         """
         async with self._sync_lock:
             fresh = asyncio.get_running_loop().time() - self._last_renew < self.lease_ttl / 4
-            if fresh and slot.registered and not slot.dirty:
+            if fresh and slot.registered and not slot.checks:
                 return
-            only = [slot] if fresh and not slot.dirty else None
+            only = [slot] if fresh and not slot.checks else None
             await retrying(lambda _: self._renew_once(only), what="semaphore renewal")
 
     # -- renewal (called by the event loop's renewer) -------------------------
@@ -1162,15 +1098,18 @@ class RedisSemaphore:
             recovery_window_ms(self._ttl_ms),
         )
 
-    def _renewal_request(self, only: list[_Slot] | None) -> _RenewRequest:
+    def _renewal_request(self, only: list[Slot] | None) -> _RenewRequest:
         slots = list(self._slots) if only is None else only
-        snapshot = [(slot.epoch, slot.busy, slot.holding, slot.releasing) for slot in slots]
+        snapshot = [(slot.epoch, slot.phase, slot.holding) for slot in slots]
         states = []
         for slot in slots:
             tokens = [slot.holding.token] if slot.holding and not slot.holding.lost else []
             if slot.releasing:
                 tokens.append(slot.releasing)
-            mode = "w" + (slot.number or "") if slot.waiting else "d" if slot.ticket else "-"
+            if slot.phase is Phase.WAITING:
+                mode = "w" + (slot.number or "")
+            else:
+                mode = "d" if slot.checks & Check.TICKET else "-"
             states.append(SlotState(slot.member, slot.key, tokens, mode))
         sent_at = asyncio.get_running_loop().time()
         request = _RenewRequest(sent_at, slots, snapshot, states, only is not None)
@@ -1179,7 +1118,7 @@ class RedisSemaphore:
             request.channel, request.joined = sub.channel, sub.joined
         return request
 
-    async def _renew_once(self, only: list[_Slot] | None = None) -> None:
+    async def _renew_once(self, only: list[Slot] | None = None) -> None:
         """Renew every slot's lease (or only those of ``only``) and settle what it finds."""
         request = self._renewal_request(only)
         result = await self._ops.renew(request.states, *self._renew_args(), request.channel)
@@ -1211,36 +1150,30 @@ class RedisSemaphore:
             log.warning("semaphore %r: keys were missing; re-established them", self.name)
         if not result.listening and self._sub is not None:
             self._sub.misplaced(request.joined)
-        for slot, (epoch, busy, holding, releasing), state, contents in zip(
+        for slot, (epoch, phase, holding), state, contents in zip(
             slots, request.snapshot, request.states, result.slots
         ):
             slot.registered = True
+            unmoved = slot.epoch == epoch  # no transition since the renewal was sent
             if state.mode[:1] == "w" and contents:
-                if slot.epoch == epoch and slot.waiting:
+                if unmoved:
                     # A hand-off whose notice never came (or a permit the
                     # renewal took for a dropped ticket): the waiter has it.
                     _settle(self._waits.get(slot.member), contents[0])
-                elif not slot.busy and slot.holding is None and slot.releasing is None:
+                elif slot.phase is Phase.FREE:
                     # Sent while a wait was on, run after it ended (the renewal
                     # took a free permit for it): a renewal now adopts the
                     # permit, instead of leaving it in the slot until then.
-                    slot.dirty = True
+                    slot.mark(Check.CONTENT)
                     self._renewal.kick()
-            if slot.epoch == epoch and state.mode == "d":
-                slot.ticket = False
+            if unmoved and state.mode == "d":
+                slot.checks &= ~Check.TICKET
             if holding is not None and slot.holding is holding and holding.token not in contents:
                 self._mark_lost(holding)
-            if (
-                slot.epoch == epoch
-                and not (busy or slot.busy)
-                and holding is None
-                and slot.holding is None
-                and releasing is None
-                and slot.releasing is None
-            ):
+            if unmoved and phase is Phase.FREE:
                 # Nothing moved in or out of this slot during the renewal: a
                 # token in it is an orphan of a lost reply.  Hand it on.
-                slot.dirty = False
+                slot.checks &= ~Check.CONTENT
                 for token in contents:
                     if slot.holding is None:
                         self._dispatcher.offer_or_return(None, self._hold(slot, token).token)
@@ -1253,12 +1186,12 @@ class RedisSemaphore:
             again = self._by_member.get(member)
             if again is None:
                 continue
-            if again.waiting and again.epoch == epochs.get(member):
+            if again.phase is Phase.WAITING and again.epoch == epochs.get(member):
                 if again.number is None:
                     self._numbered(again, number)
             else:
                 # Queued again for a wait that ended meanwhile: drop it.
-                again.dirty = again.ticket = True
+                again.mark(Check.CONTENT | Check.TICKET)
                 self._renewal.kick()
         if not request.partial:
             self._last_renew = request.sent_at
