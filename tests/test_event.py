@@ -24,7 +24,7 @@ from devtools import wait_until
 from devtools.proxy import FaultProxy
 from redis import exceptions as rex
 
-import redsync.event._event
+import redsync.event._lanes
 from redsync import RedisEvent, RedisEventError, RedisEventTimeoutError
 from redsync._core.keys import KeySpace
 
@@ -917,7 +917,7 @@ async def test_an_inbox_reaped_before_the_ack_is_not_delivered_twice(
 ) -> None:
     """A live but stalled waiter loses its signal to another waiter; when it wakes up,
     its acknowledgement fails and it waits again instead of returning the signal."""
-    monkeypatch.setattr(redsync.event._event, "INBOX_LEASE_MS", 300)
+    monkeypatch.setattr(redsync.event._lanes, "INBOX_LEASE_MS", 300)
     cname = f"{unique_name}-slow"
     slow = on_lanes(
         RedisEvent(redis_factory(fault_proxy.rewrite(redis_url), client_name=cname), unique_name)

@@ -253,7 +253,7 @@ async def test_an_event_lane_blocks_on_the_connection_it_holds(
         old = await link.borrow()
         await link.discard(old)  # the connection to the demoted master
         lane.conn, lane.dirty = old, True
-        pulling = asyncio.ensure_future(event._lane_pull(lane, 1.0))
+        pulling = asyncio.ensure_future(event._lanes.pull(lane, 1.0))
         for _ in range(200):
             if blocking_on:
                 break

@@ -34,7 +34,7 @@ class _SlowAcceptBackend:
         self.item_ready = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def _lane_pull(self, lane: Lane, block: float | None) -> str | None:
+    async def pull(self, lane: Lane, block: float | None) -> str | None:
         lane.blocked = True
         try:
             await asyncio.wait_for(self.item_ready.wait(), block)
@@ -45,17 +45,17 @@ class _SlowAcceptBackend:
         self.item_ready.clear()
         return "item"
 
-    async def _lane_accept(self, lane: Lane, item: str) -> bool:
+    async def accept(self, lane: Lane, item: str) -> bool:
         await self.gate.wait()
         return True
 
-    async def _lane_refuse(self, lane: Lane, item: str) -> None:
+    async def refuse(self, lane: Lane, item: str) -> None:
         pass
 
-    async def _lane_give_back(self, lane: Lane, item: str) -> None:
+    async def give_back(self, lane: Lane, item: str) -> None:
         pass
 
-    async def _lane_settle(self, lane: Lane) -> None:
+    async def settle(self, lane: Lane) -> None:
         pass
 
 

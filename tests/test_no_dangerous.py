@@ -212,7 +212,7 @@ async def test_is_set_sees_a_signal_that_reached_an_ended_wait(
     admin = deployment.client()
     gate = Gate()
     # The ended wait's instance stalls in whatever it does with a signal that arrives.
-    gate.hold(ended, "_lane_refuse", "_lane_accept", "_lane_give_back", "_ack")
+    gate.hold(ended._lanes, "refuse", "accept", "give_back", "_ack")
     keep = None
     try:
         if ending == "cancelled":

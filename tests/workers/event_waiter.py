@@ -14,7 +14,7 @@ import sys
 
 import redis.asyncio as aioredis
 
-import redsync.event._event
+import redsync.event._lanes
 import redsync.event._queue
 from redsync import RedisEvent
 
@@ -22,8 +22,8 @@ from redsync import RedisEvent
 async def main() -> None:
     url, name, lease_ms, block = sys.argv[1:5]
     mode = sys.argv[5] if len(sys.argv) > 5 else "queue"
-    redsync.event._event.INBOX_LEASE_MS = int(lease_ms)
-    redsync.event._event.MAX_BLOCK = float(block)
+    redsync.event._lanes.INBOX_LEASE_MS = int(lease_ms)
+    redsync.event._lanes.MAX_BLOCK = float(block)
     redsync.event._queue.LEASE_MS = int(lease_ms)
     client = aioredis.Redis.from_url(url)
     event = RedisEvent(client, name)

@@ -68,21 +68,27 @@ class Lane:
 
 
 class LaneBackend(Protocol[T]):
-    async def _lane_pull(self, lane: Lane, block: float | None) -> T | None:
+    """What a primitive supplies to its :class:`Dispatcher`: how items move.
+
+    An object of its own beside the primitive's public class, so that the
+    dispatcher's calls are not part of any public namespace.
+    """
+
+    async def pull(self, lane: Lane, block: float | None) -> T | None:
         """Move one item into ``lane``: without waiting if ``block`` is None, else
         waiting server-side for at most ``block`` seconds (at least MIN_BLOCK)."""
 
-    async def _lane_accept(self, lane: Lane, item: T) -> bool:
+    async def accept(self, lane: Lane, item: T) -> bool:
         """Make ``item`` the claimed waiter's (the event acknowledges it); False if
         it turned out to be gone (then nothing is delivered)."""
 
-    async def _lane_refuse(self, lane: Lane, item: T) -> None:
+    async def refuse(self, lane: Lane, item: T) -> None:
         """Return an item that arrived for nobody, straight from the lane."""
 
-    async def _lane_give_back(self, lane: Lane, item: T) -> None:
+    async def give_back(self, lane: Lane, item: T) -> None:
         """Return an accepted item nobody is waiting for any more."""
 
-    async def _lane_settle(self, lane: Lane) -> None:
+    async def settle(self, lane: Lane) -> None:
         """Recover what a move with a lost reply may have left in ``lane``."""
 
 
@@ -176,8 +182,8 @@ class Dispatcher(Generic[T]):
             if lane.task is None and not lane.reserved:
                 lane.reserved = True  # keep _spawn() off this lane and its connection
                 try:
-                    item = await self._backend._lane_pull(lane, None)
-                    if item is not None and not await self._backend._lane_accept(lane, item):
+                    item = await self._backend.pull(lane, None)
+                    if item is not None and not await self._backend.accept(lane, item):
                         item = None
                     return item
                 finally:
@@ -201,7 +207,7 @@ class Dispatcher(Generic[T]):
     def offer_or_return(self, lane: Lane | None, item: T) -> None:
         """Deliver ``item`` locally, or return it to Redis in the background."""
         if not self.deliver(item):
-            self.background(self._backend._lane_give_back(lane or self.lanes[0], item))
+            self.background(self._backend.give_back(lane or self.lanes[0], item))
 
     def _claim(self) -> _Waiter[T] | None:
         """Take the longest-waiting live task off the queue, its timeout suspended."""
@@ -232,10 +238,10 @@ class Dispatcher(Generic[T]):
     async def _hand_over(self, lane: Lane, item: T) -> None:
         waiter = self._claim()
         if waiter is None:
-            await self._backend._lane_refuse(lane, item)
+            await self._backend.refuse(lane, item)
             return
         try:
-            accepted = await self._backend._lane_accept(lane, item)
+            accepted = await self._backend.accept(lane, item)
         except BaseException:
             self._unclaim(waiter)
             raise
@@ -308,7 +314,7 @@ class Dispatcher(Generic[T]):
                 block = self._block_for(lane)
                 try:
                     try:
-                        item = await self._backend._lane_pull(lane, block)
+                        item = await self._backend.pull(lane, block)
                     finally:
                         lane.covers = None
                     if item is not None:
@@ -349,7 +355,7 @@ class Dispatcher(Generic[T]):
     async def _settle(self, lane: Lane) -> None:
         if lane.dirty:
             try:
-                await self._backend._lane_settle(lane)
+                await self._backend.settle(lane)
             except Exception as exc:  # retried when the lane is next used
                 log.debug("lane %s: recovery failed: %r", lane.key, exc)
 

@@ -44,6 +44,7 @@ from ..exceptions import (
     RedisSemaphoreNotAcquiredError,
     RedisSemaphoreTimeoutError,
 )
+from ._lanes import SlotLanes
 from ._ops import (
     SCRIPTS,
     LuaOps,
@@ -71,8 +72,6 @@ MAX_COUNT = 4096
 MAX_LANES = 16
 #: Longest single server-side block; a wait is a series of these.
 MAX_BLOCK = 60.0
-#: How much longer than its server-side timeout a blocking read may take.
-READ_GRACE = 5.0
 #: Wait in the waiter queue, told by a notice (see ``_queue_get``), where the
 #: server and the user allow it; else on blocking connections.
 PUSH = True
@@ -238,7 +237,7 @@ class RedisSemaphore:
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._held: dict[str, Holding] = {}
         self._dispatcher: Dispatcher[str] = Dispatcher(
-            link, self, lanes, self._closed_error, max_block=self._block
+            link, SlotLanes(self), lanes, self._closed_error, max_block=self._block
         )
         self._sync_lock = asyncio.Lock()
         self._last_renew = -1e18
@@ -560,73 +559,6 @@ class RedisSemaphore:
             f"waiting={self._dispatcher.waiting + len(self._waits)}"
             f"{' closed' if self._closed else ''}>"
         )
-
-    # -- lanes (called by the dispatcher) -----------------------------------
-
-    async def _lane_pull(self, lane: Lane, block: float | None) -> str | None:
-        slot = self._free_slot()
-        if slot is None:
-            # Every permit this instance may hold is held or on its way back.
-            if block is not None:
-                await self._slot_freed(min(1.0, block))
-            return None
-        slot.to(Phase.RESERVED)  # renewals leave it alone from now on
-        try:
-            loop = asyncio.get_running_loop()
-            if not slot.registered or loop.time() - self._last_renew > self.lease_ttl / 2:
-                # Never move a permit into a slot that is not (freshly) leased:
-                # it could otherwise outlive the lease unnoticed.
-                await self._sync(slot)
-            if not slot.registered:  # the renewal found a new generation: start over
-                self._clear(slot)
-                return None
-            lane.conn = conn = await self._link.ensure(lane.conn)
-            pool = self._keys.key("pool")
-        except BaseException:
-            self._clear(slot)
-            raise
-        lane.blocked = block is not None
-        try:
-            if block is not None:
-                seconds = min(block, self._block)
-                command = ("BLMOVE", pool, slot.key, "LEFT", "RIGHT", seconds)
-                reply = await self._link.blocking(conn, command, read_timeout=seconds + READ_GRACE)
-            else:
-                (reply,) = await self._link.run(conn, [("LMOVE", pool, slot.key, "LEFT", "RIGHT")])
-            lane.blocked = False
-            if reply is not None:
-                # With replicas=N: durable before it is handed out.  The slot
-                # stays reserved meanwhile, so a renewal cannot take the token
-                # for an orphan; if this is cancelled, the renewal adopts it.
-                await self._link.replicate(conn)
-        except BaseException:
-            self._unsure(slot, Check.CONTENT)
-            raise
-        finally:
-            lane.blocked = False
-        if reply is None:
-            self._clear(slot)
-            return None
-        return self._hold(slot, text(reply)).token
-
-    async def _lane_accept(self, lane: Lane, item: str) -> bool:
-        return True  # the token already sits in this instance's leased slot
-
-    async def _lane_refuse(self, lane: Lane, item: str) -> None:
-        await self._lane_give_back(lane, item)
-
-    async def _lane_settle(self, lane: Lane) -> None:
-        # Slots, not lanes, carry state: a marked slot is settled by a renewal.
-        self._renewal.kick()
-
-    async def _lane_give_back(self, lane: Lane, item: str) -> None:
-        holding = self._held.pop(item, None)
-        if holding is None:
-            return
-        if holding.lost:
-            self._vacate(holding)
-        else:
-            await self._return(holding)
 
     # -- waiting in the queue (push mode) --------------------------------------
 
