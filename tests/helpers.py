@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -70,3 +75,32 @@ def clients_named(server: RedisServer, name: str) -> list[dict[str, str]]:
 async def replica_linked(replica: RedisServer) -> bool:
     """The replica's link to its primary is up (for ``wait_until``)."""
     return "master_link_status:up" in replica.cli("INFO", "replication")
+
+
+class WorkerProcess:
+    """A Python worker script (``tests/workers``) talked to by lines on stdin/stdout."""
+
+    def __init__(self, script: str, *args: object) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, script, *map(str, args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    async def line(self, timeout: float = 20) -> str:
+        assert self.proc.stdout is not None
+        read = asyncio.get_running_loop().run_in_executor(None, self.proc.stdout.readline)
+        return (await asyncio.wait_for(read, timeout)).strip()
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        """Kill it if it still runs (resuming it first, should it be stopped)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(10)

@@ -30,7 +30,7 @@ import pytest
 from devtools import wait_until
 
 import redsync
-from redsync import RedisEvent, RedisSemaphore, SemaphoreInitStrategy
+from redsync import RedisEvent, RedisLock, RedisSemaphore, SemaphoreInitStrategy
 
 pytestmark = pytest.mark.usefixtures("topology")
 
@@ -40,8 +40,10 @@ class Subject:
     """One primitive, as the contract sees it."""
 
     name: str
-    #: Build an instance (and its twin, which plays "another process").
+    #: Build the twin, which plays "another process" (and holds, if it can).
     make: Callable[[Any, str], Awaitable[Any]]
+    #: Build the instance under test, beside the twin.
+    join: Callable[[Any, str], Awaitable[Any]]
     #: The wait under test.
     wait: Callable[[Any, float | None], Awaitable[None]]
     #: Let exactly one waiter through (from the twin).
@@ -76,6 +78,24 @@ async def _event_available(event: RedisEvent) -> int:
     return (await event.statistics()).pending_signals
 
 
+async def _join_semaphore(client: Any, name: str) -> Any:
+    return await RedisSemaphore.attach(client, name, lease_ttl=5)
+
+
+async def _make_lock(client: Any, name: str) -> Any:
+    lock = RedisLock(client, name, lease_ttl=5)
+    await lock.acquire()  # held: the next acquire blocks until it is released
+    return lock
+
+
+async def _join_lock(client: Any, name: str) -> Any:
+    return RedisLock(client, name, lease_ttl=5)
+
+
+async def _lock_available(lock: RedisLock) -> int:
+    return 0 if await lock.locked() else 1
+
+
 def _subjects() -> list[Subject]:
     sem_fields = frozenset({"name", "count", "available", "holders", "held_here", "tasks_waiting"})
     subjects = []
@@ -88,6 +108,7 @@ def _subjects() -> list[Subject]:
             Subject(
                 name=f"semaphore-{strategy.value}",
                 make=make,
+                join=_join_semaphore,
                 wait=lambda sem, t: sem.acquire(t),
                 let_one_through=lambda sem: sem.release(),
                 give_back=lambda sem: sem.release(),
@@ -101,6 +122,7 @@ def _subjects() -> list[Subject]:
         Subject(
             name="event",
             make=_make_event,
+            join=_make_event,
             wait=lambda event, t: event.wait(t),
             let_one_through=lambda event: event.set(),
             give_back=lambda event: event.set(),
@@ -108,6 +130,20 @@ def _subjects() -> list[Subject]:
             timeout_error=redsync.RedisEventTimeoutError,
             closed_error=redsync.RedisEventClosedError,
             fields=frozenset({"name", "pending_signals", "tasks_waiting"}),
+        )
+    )
+    subjects.append(
+        Subject(
+            name="lock",
+            make=_make_lock,
+            join=_join_lock,
+            wait=lambda lock, t: lock.acquire(t),
+            let_one_through=lambda lock: lock.release(),
+            give_back=lambda lock: lock.release(),
+            available=_lock_available,
+            timeout_error=redsync.RedisLockTimeoutError,
+            closed_error=redsync.RedisLockClosedError,
+            fields=frozenset({"name", "locked", "held_here", "fence", "tasks_waiting"}),
         )
     )
     return subjects
@@ -124,11 +160,7 @@ def subject(request: pytest.FixtureRequest) -> Subject:
 async def _pair(subject: Subject, redis: Any, name: str) -> tuple[Any, Any]:
     """The instance under test (first) and the twin that holds / signals."""
     twin = await subject.make(redis, name)
-    if subject.name.startswith("semaphore"):
-        mine = await RedisSemaphore.attach(redis, name, lease_ttl=5)
-    else:
-        mine = RedisEvent(redis, name)
-    return mine, twin
+    return await subject.join(redis, name), twin
 
 
 async def test_timeouts(subject: Subject, redis: Any, unique_name: str) -> None:
@@ -185,7 +217,8 @@ async def test_cancellation_at_any_point_loses_and_doubles_nothing(
         await wait_until(lambda: _available_is(subject, twin, 1), timeout=10)
         await subject.wait(mine, 5)  # exactly one is there ...
         with pytest.raises(subject.timeout_error):
-            await subject.wait(mine, 0)  # ... and only one
+            # ... and only one (asked by another task: a lock's owner may not ask twice)
+            await asyncio.ensure_future(subject.wait(mine, 0))
         await subject.give_back(mine)
         assert await subject.available(twin) == 1
     finally:

@@ -7,8 +7,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,7 +18,7 @@ from devtools import wait_until
 from devtools.proxy import FaultProxy
 from devtools.servers import RedisServer
 
-from helpers import assert_permits, keys_of, keyspace, tokens
+from helpers import WorkerProcess, assert_permits, keys_of, keyspace, tokens
 from redsync import (
     RedisSemaphore,
     RedisSemaphoreLeaseLostError,
@@ -36,32 +34,11 @@ def strategy(request: pytest.FixtureRequest) -> SemaphoreInitStrategy:
     return request.param  # type: ignore[no-any-return]
 
 
-class Holder:
+class Holder(WorkerProcess):
     """A worker process that holds permits (tests/workers/holder.py)."""
 
     def __init__(self, url: str, name: str, count: int, ttl: float, permits: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, HOLDER, url, name, str(count), str(ttl), str(permits)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    async def line(self, timeout: float = 20) -> str:
-        assert self.proc.stdout is not None
-        loop = asyncio.get_running_loop()
-        read = loop.run_in_executor(None, self.proc.stdout.readline)
-        return (await asyncio.wait_for(read, timeout)).strip()
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+        super().__init__(HOLDER, url, name, count, ttl, permits)
 
 
 @pytest.fixture

@@ -6,6 +6,11 @@ from .exceptions import (
     RedisEventClosedError,
     RedisEventError,
     RedisEventTimeoutError,
+    RedisLockClosedError,
+    RedisLockError,
+    RedisLockLeaseLostError,
+    RedisLockNotAcquiredError,
+    RedisLockTimeoutError,
     RedisSemaphoreClosedError,
     RedisSemaphoreCountError,
     RedisSemaphoreCountMismatchError,
@@ -18,15 +23,23 @@ from .exceptions import (
     RedsyncLeaseLostError,
     RedsyncTimeoutError,
 )
+from .lock import LockStatistics, RedisLock
 from .semaphore import HolderInfo, RedisSemaphore, SemaphoreInitStrategy, SemaphoreStatistics
 
 __all__ = [
     "EventStatistics",
     "HolderInfo",
+    "LockStatistics",
     "RedisEvent",
     "RedisEventClosedError",
     "RedisEventError",
     "RedisEventTimeoutError",
+    "RedisLock",
+    "RedisLockClosedError",
+    "RedisLockError",
+    "RedisLockLeaseLostError",
+    "RedisLockNotAcquiredError",
+    "RedisLockTimeoutError",
     "RedisSemaphore",
     "RedisSemaphoreClosedError",
     "RedisSemaphoreCountError",

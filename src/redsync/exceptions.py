@@ -17,6 +17,11 @@ __all__ = [
     "RedisEventClosedError",
     "RedisEventError",
     "RedisEventTimeoutError",
+    "RedisLockClosedError",
+    "RedisLockError",
+    "RedisLockLeaseLostError",
+    "RedisLockNotAcquiredError",
+    "RedisLockTimeoutError",
     "RedisSemaphoreClosedError",
     "RedisSemaphoreCountError",
     "RedisSemaphoreCountMismatchError",
@@ -141,3 +146,41 @@ class RedisEventTimeoutError(RedisEventError, RedsyncTimeoutError):
     """``wait()`` ran out of time before a signal arrived."""
 
     default_message = "no event signal arrived in time"
+
+
+class RedisLockError(RedsyncError):
+    """Base class of the errors raised by :class:`~redsync.RedisLock` and
+    :class:`~redsync.RedisReadWriteLock`; also raised for a second acquisition
+    by the owning task of a lock that is not re-entrant."""
+
+    default_message = "lock error"
+
+
+class RedisLockTimeoutError(RedisLockError, RedsyncTimeoutError):
+    """``acquire()`` ran out of time; also a builtin :class:`TimeoutError`."""
+
+    default_message = "the lock could not be acquired in time"
+
+
+class RedisLockNotAcquiredError(RedisLockError):
+    """``release()`` was called with nothing held through this instance."""
+
+    default_message = "release() called without the lock held; call acquire() first"
+
+
+class RedisLockClosedError(RedisLockError, RedsyncClosedError):
+    """The lock instance was closed; waiting tasks get this at close."""
+
+    default_message = "the lock instance is closed"
+
+
+class RedisLockLeaseLostError(RedisLockError, RedsyncLeaseLostError):
+    """The lease of a held lock ran out (or could no longer be confirmed).
+
+    Raised by ``release()`` when the lock had been taken back, and by a
+    ``guarded()`` block whose body was stopped for that reason.  Work done
+    under it may have overlapped with another holder, unless the resource
+    checked the fence.
+    """
+
+    default_message = "the lock's lease had expired and it was taken back"

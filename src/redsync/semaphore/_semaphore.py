@@ -251,6 +251,9 @@ class RedisSemaphore:
         self._sub: Subscription | None = None
         #: Background steps (leaving the queue after a cancellation).
         self._tasks: set[asyncio.Task[None]] = set()
+        #: A command a primitive built on this one sends in the same round trip
+        #: as the plain take from the pool (its reply lands in Holding.extra).
+        self._take_extra: Callable[[Slot], Command] | None = None
         self._lean = (
             ("PEXPIRE", keys.key("meta"), self._ttl_ms),
             ("PEXPIRE", keys.key("pool"), self._ttl_ms),
@@ -366,9 +369,10 @@ class RedisSemaphore:
         """
         await self._acquire_for(asyncio.current_task(), timeout)
 
-    async def _acquire_for(self, owner: object, timeout: float | None) -> None:
+    async def _acquire_for(self, owner: object, timeout: float | None) -> Holding:
         """:meth:`acquire` on behalf of ``owner`` (a task, or a thread of the
-        blocking facade): :meth:`release` prefers a permit of the same owner."""
+        blocking facade): :meth:`release` prefers a permit of the same owner.
+        Returns what was taken."""
         wait = _validate.timeout(timeout)
         while True:
             if wait == 0:
@@ -387,7 +391,7 @@ class RedisSemaphore:
             holding = self._held.get(token)
             if holding is not None and not holding.lost:
                 holding.owner = owner
-                return
+                return holding
             # The lease of this token was found lost between the hand-off and
             # now: it is not ours to use.  Try again.
             if holding is not None:
@@ -623,10 +627,12 @@ class RedisSemaphore:
                 # try the pool first, so an uncontended acquisition is one
                 # plain LMOVE and subscribes to nothing.  The pool holds
                 # tokens only while no live ticket waits, so this is FIFO.
+                take: list[Command] = [("LMOVE", ops.pool_key, slot.key, "LEFT", "RIGHT")]
+                if self._take_extra is not None:
+                    take.append(self._take_extra(slot))
                 try:
-                    (taken,) = await self._link.pipeline(
-                        [("LMOVE", ops.pool_key, slot.key, "LEFT", "RIGHT")]
-                    )
+                    taken, *extra = await self._link.pipeline(take, tolerant=True)
+                    taken = self._link.check(taken)
                 except BaseException as exc:
                     # The move may have happened: the renewal this kicks adopts
                     # what the slot holds (and hands it to the queue's head).
@@ -637,7 +643,9 @@ class RedisSemaphore:
                     delay = min(delay * 2, 1.0)
                     continue
                 if taken is not None:
-                    return self._hold(slot, text(taken)).token
+                    holding = self._hold(slot, text(taken))
+                    holding.extra = extra
+                    return holding.token
                 try:
                     await sub.start()  # before queueing: no notice can be missed
                 except PushUnavailable as exc:
@@ -1086,6 +1094,7 @@ class RedisSemaphore:
             slots, request.snapshot, request.states, result.slots
         ):
             slot.registered = True
+            slot.renewed_at = request.sent_at
             unmoved = slot.epoch == epoch  # no transition since the renewal was sent
             if state.mode[:1] == "w" and contents:
                 if unmoved:

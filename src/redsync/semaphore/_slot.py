@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Check", "Holding", "Phase", "Slot"]
 
@@ -78,6 +79,8 @@ class Holding:
     lost: bool = False
     #: Its key in ``RedisSemaphore._held``: the token, unless it had to make room.
     key: str = ""
+    #: Replies to ``RedisSemaphore._take_extra`` sent with the take (if it was one).
+    extra: list[Any] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -96,6 +99,9 @@ class Slot:
     releasing: str | None = None
     #: Registered under a lease in the ``holders`` set (by a renewal).
     registered: bool = False
+    #: Loop time at which the last renewal that confirmed its lease was sent:
+    #: the lease runs at least ``lease_ttl`` from then.
+    renewed_at: float = -1e18
     #: Queued in ``RedisSemaphore._maybe_free`` (bookkeeping, not state).
     queued: bool = False
     #: In phase WAITING: the number of the ticket the wait queued (None: not
