@@ -234,6 +234,38 @@ async def test_fences_rise_in_hold_order_across_instances(
             await lock.close()
 
 
+async def test_a_hand_off_brings_the_fence_with_it(
+    redis_factory: Callable[..., Any], unique_name: str
+) -> None:
+    """A release that hands the lock to a waiter of another instance issues the
+    waiter's fence in the same script and sends it with the notice: the new
+    holder asks for no fence of its own."""
+    holder = RedisLock(redis_factory(), unique_name, lease_ttl=5)
+    waiter = RedisLock(redis_factory(), unique_name, lease_ttl=5)
+    asked: list[Any] = []
+    try:
+        first = await holder.acquire()
+        taking = asyncio.ensure_future(waiter.acquire(timeout=10))
+        await wait_until(lambda: waiter._waiting > 0, timeout=5)
+        original = waiter._link.script
+
+        async def script(which: Any, *args: Any, **kwargs: Any) -> Any:
+            asked.append(which.name)
+            return await original(which, *args, **kwargs)
+
+        waiter._link.script = script  # type: ignore[method-assign]
+        await holder.release()
+        second = await asyncio.wait_for(taking, 10)
+        assert second > first
+        assert asked == [], f"the new holder asked for its fence: {asked}"
+        fence_key = lock_keys(unique_name).key("fence")
+        assert int(await waiter._client.get(fence_key)) == second
+        await waiter.release()
+    finally:
+        await holder.close()
+        await waiter.close()
+
+
 async def test_fences_keep_rising_after_the_keys_are_lost(
     redis: aioredis.Redis, unique_name: str
 ) -> None:

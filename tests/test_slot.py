@@ -57,9 +57,10 @@ def test_held_needs_its_holding_and_releasing_its_token() -> None:
 def test_leaving_a_wait_forgets_its_ticket_number() -> None:
     slot = _slot_in(Phase.WAITING)
     slot.number = "7"
-    slot.early.append(("g:1", "7"))
+    slot.early.append(("g:1", "7", ""))
+    slot.fence = ("g:1", "12")
     slot.to(Phase.RESERVED)
-    assert slot.number is None and slot.early == []
+    assert slot.number is None and slot.early == [] and slot.fence is None
 
 
 def test_a_check_keeps_a_free_slot_from_reuse_and_counts_as_a_change() -> None:

@@ -12,7 +12,9 @@ How it works, in short (ARCHITECTURE.md has the details and invariants):
   the last fence.  Holds never overlap in the server's order, so fences rise
   in the order of holds, and a resource that refuses a fence lower than one
   it has seen refuses a holder that stalled past its lease.  An uncontended
-  acquisition sends the take from the pool and the fence in one round trip.
+  acquisition sends the take from the pool and the fence in one round trip;
+  a release that hands the lock to a waiter issues the waiter's fence and
+  sends it with the notice.
 * Ownership is local: the task that acquired holds it (``owned()``,
   ``fence``); a re-entrant lock counts the owner's nested acquisitions and
   sends nothing for them.
@@ -42,6 +44,7 @@ from ..exceptions import (
     RedisSemaphoreTimeoutError,
 )
 from ..semaphore import RedisSemaphore
+from ..semaphore._ops import LuaOps
 from ..semaphore._semaphore import _link_for
 from ..semaphore._slot import Holding, Slot
 
@@ -50,9 +53,6 @@ __all__ = ["LockStatistics", "RedisLock"]
 log = logging.getLogger("redsync")
 
 FENCE = Script("redsync.lock", "fence")
-#: How long the last fence is kept after it was issued (ms).  While it lives
-#: fences rise even if the server clock steps back; after, the clock does it.
-FENCE_TTL_MS = 3_600_000
 #: ``guarded()`` cancels its body once no renewal has been confirmed for this
 #: share of the lease, measured from the send time of the last confirmed one.
 GUARD_SHARE = 2 / 3
@@ -348,6 +348,8 @@ class RedisLock:
                         f"{exc.actual}; pick another name or key_prefix"
                     ) from None
                 sem._take_extra = self._fence_command
+                if isinstance(sem._ops, LuaOps):  # hand-offs issue the next fence
+                    sem._ops.fence_key = self._fence_key
                 sem.add_lease_lost_callback(self._lost)
                 if self._closed:  # closed while it was being made
                     await sem.close()
@@ -364,11 +366,12 @@ class RedisLock:
 
     def _fence_call(self, slot_key: str, member: str, token: str) -> tuple[list[str], list[Any]]:
         keys = [slot_key, self._keys.key("handed"), self._fence_key]
-        return keys, [member, token, FENCE_TTL_MS]
+        return keys, [member, token]
 
     async def _fence_of(self, holding: Holding) -> int | None:
-        """The fence of a fresh ``holding``: from the take's round trip if it
-        came with one, else issued now.  None if the token is no longer held."""
+        """The fence of a fresh ``holding``: from the take's round trip or the
+        hand-off's notice if it came with one, else issued now.  None if the
+        token is no longer held."""
         if holding.extra:
             (reply,) = holding.extra
             holding.extra = []

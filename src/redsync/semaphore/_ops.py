@@ -101,6 +101,8 @@ class _Base:
         self.handed_key = keys.key("handed")
         #: The channel hand-offs are announced on (in the semaphore's slot).
         self.channel = keys.key("wake")
+        #: A lock's fence key: its hand-offs then issue the next fence.
+        self.fence_key: str | None = None
         self._keys = keys
 
     def slot_key(self, member: str) -> str:
@@ -163,6 +165,8 @@ class LuaOps(_Base):
             self.waiters_key,
             self.handed_key,
         ]
+        if self.fence_key is not None:
+            keys.append(self.fence_key)
         mine = member.rpartition(".")[0] + "."
         args = [token, gen, ttl_ms, member, self.channel, mine]
         reply = await self._run("release", keys, args)

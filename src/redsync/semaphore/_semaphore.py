@@ -701,16 +701,20 @@ class RedisSemaphore:
                         raise timeout_error()
             self._waits.pop(slot.member, None)
             assert token is not None
-            return self._hold(slot, token).token
+            fence, slot.fence = slot.fence, None
+            holding = self._hold(slot, token)
+            if fence is not None and fence[0] == token:
+                holding.extra = [fence[1]]
+            return holding.token
 
     def _numbered(self, slot: Slot, number: str) -> None:
         """The current wait on ``slot`` is ticket ``number``: take a notice for it
         that came before the number was known."""
         slot.number = number
         early, slot.early = slot.early, []
-        for token, named in early:
+        for token, named, fence in early:
             if named == number:
-                _settle(self._waits.get(slot.member), token)
+                self._delivered(slot, token, fence)
 
     def _abandon(self, slot: Slot) -> None:
         """A wait ended in an unknown state: the next renewal drops its ticket
@@ -755,21 +759,28 @@ class RedisSemaphore:
         task.add_done_callback(self._tasks.discard)
 
     def _pushed(self, data: str) -> None:
-        """A notice ``<member> <token> <number>``: ``token`` was handed to ticket
-        ``number`` of ``member``.
+        """A notice ``<member> <token> <number>[ <fence>]``: ``token`` was handed
+        to ticket ``number`` of ``member`` (with a lock's fence for that hold).
 
         Taken only by the wait that queued that ticket: a notice that arrives
         late (after a renewal delivered its token, which was then released,
         and the slot waits again) names an earlier number and is ignored.
         """
-        member, token, number = ([*data.split(" "), "", ""])[:3]
+        member, token, number, fence = ([*data.split(" "), "", "", ""])[:4]
         slot = self._by_member.get(member)
         if slot is None or slot.phase is not Phase.WAITING or member not in self._waits:
             return
         if slot.number is None:
-            slot.early.append((token, number))
+            slot.early.append((token, number, fence))
         elif slot.number == number:
-            _settle(self._waits.get(member), token)
+            self._delivered(slot, token, fence)
+
+    def _delivered(self, slot: Slot, token: str, fence: str) -> None:
+        """The notice of the current wait on ``slot`` came: settle the wait, and
+        keep the fence it carried for the hold it starts."""
+        if fence:
+            slot.fence = (token, fence)
+        _settle(self._waits.get(slot.member), token)
 
     def _gap(self) -> None:
         """Notices may have been missed: look for permits handed to our waiters,

@@ -105,9 +105,12 @@ class Slot:
     #: Queued in ``RedisSemaphore._maybe_free`` (bookkeeping, not state).
     queued: bool = False
     #: In phase WAITING: the number of the ticket the wait queued (None: not
-    #: known yet), and notices (token, number) that came before it was known.
+    #: known yet), and notices (token, number, fence) that came before it was
+    #: known.
     number: str | None = None
-    early: list[tuple[str, str]] = field(default_factory=list)
+    early: list[tuple[str, str, str]] = field(default_factory=list)
+    #: In phase WAITING: (token, fence) of a lock's hand-off notice.
+    fence: tuple[str, str] | None = None
 
     @property
     def free(self) -> bool:
@@ -129,6 +132,7 @@ class Slot:
         if self.phase is Phase.WAITING:
             self.number = None
             self.early.clear()
+            self.fence = None
         self.phase = phase
         self.holding = holding
         self.releasing = token

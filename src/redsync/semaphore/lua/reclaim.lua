@@ -11,6 +11,7 @@
 -- Returns the number of permits handed on, or -1 if the generation differs.
 --@include listening
 --@include live
+--@include fence
 --@include give
 local ttl = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[2] then

@@ -11,6 +11,7 @@
 -- window opened (try again later: it may hold a permit it has yet to put back).
 --@include listening
 --@include live
+--@include fence
 --@include give
 local meta = redis.call('HMGET', KEYS[1], 'gen', 'recover')
 if meta[1] ~= ARGV[3] then

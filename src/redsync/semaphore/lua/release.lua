@@ -3,6 +3,7 @@
 -- under the holder's member (it was handed over there).
 -- KEYS[1] meta   KEYS[2] pool   KEYS[3] the holder's slot (list)
 -- KEYS[4] holders   KEYS[5] waiters   KEYS[6] handed
+-- KEYS[7] (a lock's only) its fence key: a hand-off issues the next fence
 -- ARGV[1] token   ARGV[2] the token's generation   ARGV[3] ttl in ms
 -- ARGV[4] the holder's member   ARGV[5] the semaphore's channel
 -- ARGV[6] the holder's member prefix "<instance>." (see give)
@@ -12,6 +13,7 @@
 -- without this token), {-2} the semaphore now belongs to another generation.
 --@include listening
 --@include live
+--@include fence
 --@include give
 local gen = redis.call('HGET', KEYS[1], 'gen')
 local removed = redis.call('LREM', KEYS[3], 1, ARGV[1])
@@ -29,7 +31,7 @@ if removed == 0 then
   return {0}
 end
 local _, notice = give(KEYS[2], KEYS[4], KEYS[5], KEYS[6], ARGV[5], ARGV[1], nil,
-  tonumber(ARGV[3]), ARGV[6])
+  tonumber(ARGV[3]), ARGV[6], KEYS[7])
 if notice then
   return {1, notice}
 end
