@@ -6,6 +6,8 @@ meant to be used decides what a handle is:
 
 * ``ours`` (redsync from this repository): one ``RedisSemaphore`` per
   process, shared by all its tasks (the documented usage).
+* ``lock`` (redsync from this repository): one ``RedisLock`` per process,
+  shared by all its tasks; each acquisition also gets its fence.
 * ``rs2`` (redsync 2.0.0 from PyPI): one ``RedisSemaphore`` per task, since an
   instance tracks a single acquisition (a plain ``_acquired`` flag).
 * ``redis_py_lock``: one ``redis.asyncio.lock.Lock`` per task (its token is
@@ -31,12 +33,13 @@ import redis.asyncio as aioredis
 
 LIBS: dict[str, str] = {
     "ours": "redsync (this repo)",
+    "lock": "redsync RedisLock (this repo)",
     "rs2": "redsync 2.0.0",
     "redis_py_lock": "redis-py asyncio Lock",
     "pottery": "pottery AIORedlock",
     "redis_lock": "python-redis-lock (threads)",
 }
-MUTEX_ONLY = frozenset({"redis_py_lock", "pottery", "redis_lock"})
+MUTEX_ONLY = frozenset({"lock", "redis_py_lock", "pottery", "redis_lock"})
 
 
 def supports(lib: str, count: int) -> bool:
@@ -101,9 +104,13 @@ class Family:
             self._shared = await RedisSemaphore.create(
                 self._client, self.name, count=self.count, lease_ttl=self.lease_ttl
             )
+        if self.lib == "lock":
+            from redsync import RedisLock
+
+            self._shared = RedisLock(self._client, self.name, lease_ttl=self.lease_ttl)
 
     async def handle(self) -> Handle:
-        if self.lib == "ours":
+        if self.lib in ("ours", "lock"):
             return _Semaphore(self._shared)
         if self.lib == "rs2":
             from redsync import RedisSemaphore
@@ -138,7 +145,7 @@ class Family:
         raise ValueError(f"unknown library {self.lib!r}")
 
     async def close(self) -> None:
-        if self.lib == "ours" and self._shared is not None:
+        if self.lib in ("ours", "lock") and self._shared is not None:
             await self._shared.close()
         for closer in self._closers:
             await closer()
@@ -196,6 +203,7 @@ class _ThreadLock:
 
 _DISTRIBUTIONS = {
     "ours": "redsync",
+    "lock": "redsync",
     "rs2": "redsync",
     "redis_py_lock": "redis",
     "pottery": "pottery",
@@ -203,6 +211,7 @@ _DISTRIBUTIONS = {
 }
 _MODULES = {
     "ours": "redsync",
+    "lock": "redsync",
     "rs2": "redsync",
     "redis_py_lock": "redis.asyncio.lock",
     "pottery": "pottery",
@@ -226,6 +235,6 @@ def probe(lib: str) -> dict[str, Any]:
         return info
     if lib == "rs2" and info["version"] != "2.0.0":
         info["error"] = f"expected redsync 2.0.0, found {info['version']}"
-    if lib == "ours" and "site-packages/redsync/" in str(info["path"]):
+    if lib in ("ours", "lock") and "site-packages/redsync/" in str(info["path"]):
         info["error"] = f"expected redsync from this repository, found {info['path']}"
     return info

@@ -128,6 +128,13 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             limit=1.5,
         )
 
+    def best_other(key: str) -> tuple[float | None, str]:
+        """The highest throughput of the other libraries (not redsync's) in ``key``."""
+        others = [
+            (_metric(summary, key, lib, "throughput"), lib) for lib in OTHERS if lib in summary[key]
+        ]
+        return max(((v, lib) for v, lib in others if v is not None), default=(None, ""))
+
     p50 = _metric(summary, "uncontended", "ours", "p50")
     add(
         "uncontended p50 ≤ 1.0x redsync 2.0.0",
@@ -157,10 +164,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             at_most=False,
             unit="num",
         )
-        others = [
-            (_metric(summary, key, lib, "throughput"), lib) for lib in OTHERS if lib in summary[key]
-        ]
-        best = max(((v, lib) for v, lib in others if v is not None), default=(None, ""))
+        best = best_other(key)
         add(
             f"contended throughput ({label}) ≥ 1.5x others",
             ours,
@@ -177,6 +181,36 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             _metric(summary, key, "rs2", "handoff_p50"),
             "2.0.0",
             limit=1.0,
+        )
+    # Issue 10: the lock against redis-py's Lock, our semaphore and the others.
+    add(
+        "lock: uncontended p50 ≤ 1.0x redis-py Lock",
+        _metric(summary, "uncontended", "lock", "p50"),
+        _metric(summary, "uncontended", "redis_py_lock", "p50"),
+        "redis-py Lock",
+        limit=1.0,
+    )
+    for key in contended:
+        label = _label(key)
+        lock = _metric(summary, key, "lock", "throughput")
+        add(
+            f"lock: contended throughput ({label}) ≥ 1.0x our semaphore (count 1)",
+            lock,
+            _metric(summary, key, "ours", "throughput"),
+            "our semaphore",
+            limit=1.0,
+            at_most=False,
+            unit="num",
+        )
+        best = best_other(key)
+        add(
+            f"lock: contended throughput ({label}) ≥ 1.5x others",
+            lock,
+            best[0],
+            f"best other: {LIBS[best[1]]}" if best[1] else "",
+            limit=1.5,
+            at_most=False,
+            unit="num",
         )
     add(
         "round trips per acquisition ≤ 2.1 (uncontended cycle)",
@@ -700,6 +734,7 @@ STYLE: dict[str, dict[str, Any]] = {
         "linewidth": 2.2,
         "zorder": 5,
     },
+    "lock": {"marker": "P", "markersize": 8, "zorder": 4},
     "rs2": {"marker": "s", "markersize": 5, "zorder": 4},
     "redis_py_lock": {"marker": "^", "markersize": 6},
     "pottery": {"marker": "D", "markersize": 5},

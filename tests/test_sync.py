@@ -25,8 +25,14 @@ from devtools.topologies import ClusterTopology
 from redis.cluster import RedisCluster
 
 from helpers import keyspace
-from redsync import RedisSemaphoreNotAcquiredError, RedisSemaphoreTimeoutError
-from redsync.sync import Event, Semaphore
+from redsync import (
+    RedisLockError,
+    RedisLockNotAcquiredError,
+    RedisLockTimeoutError,
+    RedisSemaphoreNotAcquiredError,
+    RedisSemaphoreTimeoutError,
+)
+from redsync.sync import Event, Lock, Semaphore
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -354,3 +360,85 @@ def test_many_facade_objects_share_one_client_and_few_connections(
             ]
         )
     )
+
+
+# -- the lock ----------------------------------------------------------------------------
+
+
+def test_threads_share_a_lock_one_at_a_time_with_rising_fences(
+    sync_client: redis.Redis, unique_name: str
+) -> None:
+    lock = Lock(sync_client, unique_name, lease_ttl=5)
+    inside = peak = 0
+    fences: list[int] = []
+    guard = threading.Lock()
+
+    def work() -> None:
+        nonlocal inside, peak
+        for _ in range(8):
+            with lock as fence:
+                assert lock.owned() and lock.fence == fence
+                with guard:
+                    inside += 1
+                    peak = max(peak, inside)
+                    fences.append(fence)
+                time.sleep(0.002)
+                with guard:
+                    inside -= 1
+            assert not lock.owned()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert peak == 1 and len(fences) == 32
+        assert fences == sorted(fences) and len(set(fences)) == 32
+        assert not lock.locked()
+    finally:
+        lock.close()
+    lock.close()  # idempotent
+
+
+def test_lock_ownership_is_the_thread(redis_url: str, unique_name: str) -> None:
+    lock = Lock(redis_url, unique_name, lease_ttl=5)
+    try:
+        other = threading.Thread(target=lock.acquire)
+        other.start()
+        other.join(30)
+        assert lock.locked() and not lock.owned() and lock.fence is None
+        with pytest.raises(RedisLockTimeoutError):
+            lock.acquire(timeout=0.2)  # this thread waits like anyone else
+        lock.release()  # any thread may release
+        fence = lock.acquire(timeout=5)
+        with pytest.raises(RedisLockError, match="reentrant"):
+            lock.acquire()
+        assert lock.owned() and lock.fence == fence
+        lock.release()
+        with pytest.raises(RedisLockNotAcquiredError):
+            lock.release()
+        assert lock.statistics().held_here is False
+    finally:
+        lock.close()
+
+
+def test_a_reentrant_lock_counts_per_thread(sync_client: redis.Redis, unique_name: str) -> None:
+    lock = Lock(sync_client, unique_name, lease_ttl=5, reentrant=True)
+    try:
+        fence = lock.acquire()
+        assert lock.acquire() == fence
+        assert lock.statistics().depth == 2
+        lock.release()
+        assert lock.owned() and lock.locked()
+        lock.release()
+        assert not lock.locked()
+    finally:
+        lock.close()
+
+
+def test_a_lock_facade_checks_its_arguments_without_io() -> None:
+    for kwargs, word in (({"lease_ttl": -1}, "lease_ttl"), ({"reentrant": "yes"}, "reentrant")):
+        with pytest.raises((ValueError, TypeError), match=word):
+            Lock("redis://127.0.0.1:9/0", "x", **kwargs)  # nothing listens there
+    Lock("redis://127.0.0.1:9/0", "x").close()  # never used: closes without I/O

@@ -11,6 +11,12 @@ again after its lease ran out, later still.  A sweep over all intervals
 gives the largest number of simultaneous holders; every stretch of time with
 more than ``count`` holders is one over-admission episode.
 
+The lock.  ``LENTER <fence>`` / ``LEXIT`` pairs are the lock's hold
+intervals, swept the same way with a count of 1 (its episodes are marked
+``"primitive": "lock"``).  Fences must rise in hold order: a hold that
+begins after another has ended must carry a greater fence (overlapping holds
+are over-admissions and reported as such).
+
 Recovery times.
 
 * Killed holder: from the reaping of a worker that held a permit until its
@@ -34,6 +40,7 @@ process's inbox, or delivered without its ``WO`` being written).
 from __future__ import annotations
 
 import bisect
+import heapq
 import os
 import statistics
 from collections import Counter, defaultdict
@@ -56,6 +63,8 @@ class Interval:
     enter: int
     exit: int
     closed_by: str  # "EXIT", "KILL" or "GONE"
+    #: The lock's fence of this hold (0 for the semaphore's).
+    fence: int = 0
 
 
 @dataclass
@@ -87,6 +96,10 @@ class Observation:
     event_instances_known: bool = True
     storm_start: int = 0
     first_error_samples: list[str] = field(default_factory=list)
+    lock_intervals: int = 0
+    lock_max_holders: int = 0
+    #: Holds of the lock whose fence was not above that of a hold that ended before.
+    fence_violations: list[str] = field(default_factory=list)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -146,12 +159,14 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
         big.append((unfinished, None))
 
     intervals: list[Interval] = []
+    lock_intervals: list[Interval] = []
     enters: list[int] = []
     lost_times: list[tuple[int, str]] = []
     for path in sorted(base.glob("w*.log")):
         worker = path.stem
         records = read_ledger(path)
         opened: dict[str, int] = {}
+        locked: dict[str, tuple[int, int]] = {}
         end = ends.get(worker)
         event_instance: str | None = None
         for rec in records:
@@ -168,6 +183,19 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
                     obs.anomalies.append(f"{worker} {rec.task}: EXIT without ENTER")
                 else:
                     intervals.append(Interval(worker, rec.task, entered, rec.t, "EXIT"))
+            elif kind == "LENTER":
+                if rec.task in locked:
+                    obs.anomalies.append(f"{worker} {rec.task}: LENTER while already holding")
+                locked[rec.task] = (rec.t, int(rec.arg) if rec.arg.isdigit() else 0)
+                enters.append(rec.t)
+            elif kind == "LEXIT":
+                began = locked.pop(rec.task, None)
+                if began is None:
+                    obs.anomalies.append(f"{worker} {rec.task}: LEXIT without LENTER")
+                else:
+                    lock_intervals.append(
+                        Interval(worker, rec.task, began[0], rec.t, "EXIT", began[1])
+                    )
             elif kind == "A":
                 obs.attempts[_classify_timeout(rec.arg)] += 1
             elif kind == "T":
@@ -195,6 +223,10 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
             end = (last, "GONE")
         for task, entered in opened.items():
             intervals.append(Interval(worker, task, entered, max(entered, end[0]), end[1]))
+        for task, (entered, fence) in locked.items():
+            lock_intervals.append(
+                Interval(worker, task, entered, max(entered, end[0]), end[1], fence)
+            )
         if event_instance is None:
             if any(r.kind == "SEM" for r in records):
                 obs.event_instances_known = False
@@ -203,6 +235,7 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
 
     obs.intervals = len(intervals)
     _sweep(obs, intervals, count, faults, lost_times, lease_ttl)
+    _observe_lock(obs, lock_intervals, faults, lost_times, lease_ttl)
 
     # -- recovery after killed holders --
     by_worker: dict[str, list[Interval]] = defaultdict(list)
@@ -245,6 +278,36 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
         else:
             obs.big_recoveries.append((enters[i] - fault.t) / 1e9)
     return obs
+
+
+def _observe_lock(
+    obs: Observation,
+    intervals: list[Interval],
+    faults: list[Record],
+    lost_times: list[tuple[int, str]],
+    lease_ttl: float,
+) -> None:
+    """The lock's holds: at most one at a time, and fences rising in hold order."""
+    obs.lock_intervals = len(intervals)
+    lock = Observation(storm_start=obs.storm_start)
+    _sweep(lock, intervals, 1, faults, lost_times, lease_ttl)
+    obs.lock_max_holders = lock.max_holders
+    obs.over_admissions += lock.over_admissions
+    for episode in lock.episodes:
+        episode["primitive"] = "lock"
+    obs.episodes.extend(lock.episodes)
+    obs.anomalies.extend(lock.anomalies)
+    # Every hold must carry a fence above those of all holds that ended before it.
+    ended: list[tuple[int, int]] = []  # (exit, fence), a heap by exit
+    highest = 0
+    for iv in sorted(intervals, key=lambda iv: iv.enter):
+        while ended and ended[0][0] <= iv.enter:
+            highest = max(highest, heapq.heappop(ended)[1])
+        if iv.fence <= highest:
+            obs.fence_violations.append(
+                f"{iv.worker} {iv.task}: fence {iv.fence} after a hold with fence {highest}"
+            )
+        heapq.heappush(ended, (iv.exit, iv.fence))
 
 
 def _sweep(

@@ -88,6 +88,7 @@ class Options:
     lease_ttl: float = 6.0
     socket_timeout: float | None = None
     sem_tasks: int = 4
+    lock_tasks: int = 2
     waiters: int = 2
     setters: int = 1
     hold_max: float = 0.02
@@ -139,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="workers' client socket_timeout (default: min(1, lease_ttl/6))",
     )
     p.add_argument("--sem-tasks", type=int, default=4, help="semaphore tasks per worker")
+    p.add_argument("--lock-tasks", type=int, default=2, help="lock tasks per worker")
     p.add_argument("--waiters", type=int, default=2, help="event waiter tasks per worker")
     p.add_argument("--setters", type=int, default=1, help="event setter tasks per worker")
     p.add_argument("--hold-max", type=float, default=0.02, help="longest hold, seconds")
@@ -208,6 +210,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         lease_ttl=a.lease_ttl,
         socket_timeout=a.socket_timeout,
         sem_tasks=a.sem_tasks,
+        lock_tasks=a.lock_tasks,
         waiters=a.waiters,
         setters=a.setters,
         hold_max=a.hold_max,
@@ -754,6 +757,7 @@ class Run:
             "lease_ttl": opts.lease_ttl,
             "socket_timeout": socket_timeout,
             "sem_tasks": opts.sem_tasks,
+            "lock_tasks": opts.lock_tasks,
             "waiters": opts.waiters,
             "setters": opts.setters,
             "hold_max": opts.hold_max,
@@ -883,6 +887,7 @@ class Run:
         audit["tokens"] = picture.as_dict()
         audit["pending_signals_before_drain"] = await pending_signals(inspect_client, self.keys)
         audit["functional"] = await asyncio.wait_for(self._functional_check(), 60)
+        audit["lock"] = await asyncio.wait_for(self._lock_check(), 60)
         audit["drained"] = await asyncio.wait_for(self._drain(), 60)
         # After the drain: what is left in the lanes' lists is not in the drained count.
         lanes = await asyncio.wait_for(event_lists(inspect_client, self.keys), 10)
@@ -928,6 +933,23 @@ class Run:
             if sem is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sem.close(), 5)
+        return out
+
+    async def _lock_check(self) -> dict[str, Any]:
+        """A fresh instance takes the lock (once a dead holder's lease ran out)."""
+        from redsync import RedisLock
+
+        client = await self._client("chaos-lock-verify")
+        lock = RedisLock(client, self.sem_name, lease_ttl=self.opts.lease_ttl)
+        out: dict[str, Any] = {"fence": None, "error": None}
+        try:
+            out["fence"] = await lock.acquire(timeout=2 * self.opts.lease_ttl + 5)
+            await lock.release()
+        except Exception as exc:
+            out["error"] = repr(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lock.close(), 5)
         return out
 
     async def _drain(self) -> int:
@@ -1088,6 +1110,9 @@ class Run:
             "worker_crashes": pool.crashes,
             "hold_intervals": obs.intervals,
             "max_holders": obs.max_holders,
+            "lock_holds": obs.lock_intervals,
+            "lock_max_holders": obs.lock_max_holders,
+            "fence_violations": len(obs.fence_violations),
             "over_admissions": obs.over_admissions,
             "over_admissions_explained": len(explained_eps),
             "permits_lost": permits["lost"],
@@ -1171,6 +1196,16 @@ class Run:
             violations.append(
                 f"a fresh instance could take only {functional['acquired']} of {opts.count} permits"
             )
+        lock_check = audit["lock"]
+        if lock_check["error"]:
+            violations.append(f"a fresh instance could not take the lock: {lock_check['error']}")
+        if obs.fence_violations:
+            violations.append(
+                f"{len(obs.fence_violations)} lock hold(s) with a fence not above an "
+                f"earlier hold's: {'; '.join(obs.fence_violations[:3])}"
+            )
+        if obs.lock_intervals == 0 and opts.lock_tasks:
+            violations.append("no lock hold was recorded")
         if functional["extra_acquired"]:
             violations.append(f"a fresh instance could take {opts.count + 1} permits")
         if signals_dup:
@@ -1365,6 +1400,10 @@ def format_table(s: dict[str, Any], title: str) -> str:
             f"{s['over_admissions_explained']})",
         ),
         ("max simultaneous holders", f"{s['max_holders']} (count {s['count']})"),
+        (
+            "lock holds / max holders / fence violations",
+            f"{s['lock_holds']} / {s['lock_max_holders']} / {s['fence_violations']}",
+        ),
         ("permits lost / duplicated", f"{s['permits_lost']} / {s['permits_duplicated']}"),
         ("signals lost / duplicated", f"{s['signals_lost']} / {s['signals_duplicated']}"),
         (
@@ -1409,6 +1448,7 @@ _SUM_KEYS_SKIP = {
     "count",
     "lease_ttl",
     "max_holders",
+    "lock_max_holders",
     "kill_recovery_bound",
     "kill_recovery_p50",
     "kill_recovery_max",
@@ -1440,6 +1480,7 @@ def totals(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     out["count"] = summaries[0]["count"]
     out["lease_ttl"] = summaries[0]["lease_ttl"]
     out["max_holders"] = max(s["max_holders"] for s in summaries)
+    out["lock_max_holders"] = max(s.get("lock_max_holders", 0) for s in summaries)
     out["kill_recovery_bound"] = summaries[0]["kill_recovery_bound"]
     kr = out.get("kill_recovery_samples", [])
     br = out.get("big_recovery_samples", [])

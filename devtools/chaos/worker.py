@@ -9,10 +9,13 @@ that the observer can check the library from the outside:
   before ``release()`` is called (or ``async with`` exits), so a recorded
   hold lies inside the time the permit is really held.
 * ``SO`` follows a ``set()`` that returned; ``WO`` a ``wait()`` that returned.
+* ``LENTER <fence>`` / ``LEXIT`` are the same for the ``RedisLock`` (named
+  like the semaphore, so its keys share the semaphore's slot and node).
 
 Tasks: ``sem_tasks`` semaphore loops (random timeouts: none, tiny, zero,
 moderate; ``async with`` or explicit acquire/release; holds of 0 to
-``hold_max`` seconds), ``setters`` and ``waiters`` for the event, and one
+``hold_max`` seconds), ``lock_tasks`` lock loops alike, ``setters`` and
+``waiters`` for the event, and one
 canceller that cancels random tasks at random moments (recording the phase
 each was in) and lets their supervisor start a fresh one.
 
@@ -50,7 +53,7 @@ TINY_MAX = 0.05
 @dataclass
 class TaskState:
     name: str
-    role: str  # "sem", "wait" or "set"
+    role: str  # "sem", "lock", "wait" or "set"
     phase: str = "idle"
     holding: bool = False
 
@@ -86,6 +89,7 @@ class Worker:
         self.stopping = False
         self.current: dict[str, tuple[TaskState, asyncio.Task[None]]] = {}
         self.sem: Any = None
+        self.lock: Any = None
         self.event: Any = None
         self.set_seq = 0
 
@@ -121,7 +125,7 @@ class Worker:
     # -- main ----------------------------------------------------------------
 
     async def run(self) -> None:
-        from redsync import RedisEvent, RedisSemaphore
+        from redsync import RedisEvent, RedisLock, RedisSemaphore
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -165,6 +169,13 @@ class Worker:
         self.event = RedisEvent(
             client, spec["event_name"], **replica_kwargs(RedisEvent.__init__, replicas)
         )
+        self.lock = RedisLock(
+            client,
+            spec["sem_name"],
+            lease_ttl=spec["lease_ttl"],
+            **replica_kwargs(RedisLock.__init__, replicas),
+        )
+        self.lock.add_lease_lost_callback(self._lock_lost)
         event_instance = _event_instance(self.event)
         if event_instance is not None:
             self.rec("EVQ", "-", event_instance)
@@ -173,6 +184,10 @@ class Worker:
             *(
                 asyncio.ensure_future(self._supervise(f"s{i}", "sem", self._sem_loop))
                 for i in range(spec["sem_tasks"])
+            ),
+            *(
+                asyncio.ensure_future(self._supervise(f"l{i}", "lock", self._lock_loop))
+                for i in range(spec.get("lock_tasks", 0))
             ),
             *(
                 asyncio.ensure_future(self._supervise(f"w{i}", "wait", self._wait_loop))
@@ -197,7 +212,12 @@ class Worker:
                     task.cancel()
             await asyncio.wait(pending, timeout=3.0)
         self.rec("STOP", "-", "")
-        for closing in (self.sem.close(), self.event.close(), close_client(client)):
+        for closing in (
+            self.sem.close(),
+            self.lock.close(),
+            self.event.close(),
+            close_client(client),
+        ):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(closing, 3.0)
         watch.cancel()
@@ -209,8 +229,12 @@ class Worker:
                 os._exit(3)
 
     def _lease_lost(self) -> None:
-        holding = [s.name for s, _ in self.current.values() if s.holding]
+        holding = [s.name for s, _ in self.current.values() if s.holding and s.role == "sem"]
         self.rec("L", "-", ",".join(holding) or "none")
+
+    def _lock_lost(self) -> None:
+        holding = [s.name for s, _ in self.current.values() if s.holding and s.role == "lock"]
+        self.rec("L", "-", "lock " + (",".join(holding) or "none"))
 
     async def _supervise(
         self, key: str, role: str, body: Callable[[TaskState], Awaitable[None]]
@@ -230,7 +254,8 @@ class Worker:
         while True:
             await asyncio.sleep(self.rng.uniform(lo, hi))
             roll = self.rng.random()
-            role = "sem" if roll < 0.8 else "wait" if roll < 0.93 else "set"
+            role = "sem" if roll < 0.6 else "lock" if roll < 0.8 else "wait"
+            role = role if roll < 0.93 else "set"
             choices = [(s, t) for s, t in self.current.values() if s.role == role]
             if not choices:
                 continue
@@ -258,7 +283,34 @@ class Worker:
             RedisSemaphoreTimeoutError,
         )
 
-        sem = self.sem
+        errors = (RedisSemaphoreTimeoutError, RedisSemaphoreLeaseLostError)
+        await self._holder_loop(
+            st, self.sem, "", errors, RedisSemaphoreNotAcquiredError, lambda _: self._held_token()
+        )
+
+    async def _lock_loop(self, st: TaskState) -> None:
+        from redsync import (
+            RedisLockLeaseLostError,
+            RedisLockNotAcquiredError,
+            RedisLockTimeoutError,
+        )
+
+        errors = (RedisLockTimeoutError, RedisLockLeaseLostError)
+        await self._holder_loop(st, self.lock, "L", errors, RedisLockNotAcquiredError, str)
+
+    async def _holder_loop(
+        self,
+        st: TaskState,
+        primitive: Any,
+        prefix: str,
+        errors: tuple[type[Exception], type[Exception]],
+        not_acquired: type[Exception],
+        enter_arg: Callable[[Any], str],
+    ) -> None:
+        """Acquire, hold, release ``primitive`` in a loop; ``prefix`` starts every
+        record kind ("" for the semaphore, "L" for the lock); ``enter_arg`` makes
+        the ENTER argument of what ``acquire()`` returned."""
+        timeout_error, lost_error = errors
         hold_max = self.spec["hold_max"]
         while not self.stopping:
             st.phase = "idle"
@@ -267,40 +319,40 @@ class Worker:
             use_with = self.rng.random() < 0.35
             timeout = None if use_with else self._timeout()
             st.phase = "acquire"
-            self.rec("A", st.name, timeout)
+            self.rec(prefix + "A", st.name, timeout)
             try:
                 if use_with:
-                    async with sem:
-                        await self._hold(st, hold)
+                    async with primitive as got:
+                        await self._hold(st, hold, prefix, enter_arg(got))
                         st.phase = "release"
                 else:
-                    await sem.acquire(timeout=timeout)
+                    got = await primitive.acquire(timeout=timeout)
                     try:
-                        await self._hold(st, hold)
+                        await self._hold(st, hold, prefix, enter_arg(got))
                     finally:
                         st.phase = "release"
-                        await sem.release()
-                self.rec("R", st.name)
-            except RedisSemaphoreTimeoutError:
-                self.rec("T", st.name, timeout)
-            except RedisSemaphoreLeaseLostError:
-                self.rec("RL", st.name)
-            except RedisSemaphoreNotAcquiredError as exc:
+                        await primitive.release()
+                self.rec(prefix + "R", st.name)
+            except timeout_error:
+                self.rec(prefix + "T", st.name, timeout)
+            except lost_error:
+                self.rec(prefix + "RL", st.name)
+            except not_acquired as exc:
                 self.rec("RN", st.name, repr(exc))
             except Exception as exc:
                 self.rec("E", st.name, f"{st.phase} {exc!r}")
                 st.phase = "idle"
                 await asyncio.sleep(0.05)
 
-    async def _hold(self, st: TaskState, hold: float) -> None:
-        self.rec("ENTER", st.name, self._held_token())
+    async def _hold(self, st: TaskState, hold: float, prefix: str, what: str) -> None:
+        self.rec(prefix + "ENTER", st.name, what)
         st.holding = True
         st.phase = "hold"
         try:
             await asyncio.sleep(hold)
         finally:
             st.holding = False
-            self.rec("EXIT", st.name)
+            self.rec(prefix + "EXIT", st.name)
             st.phase = "release"
 
     def _held_token(self) -> str:

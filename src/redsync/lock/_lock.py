@@ -151,8 +151,12 @@ class RedisLock:
         before for this lock.  Cancelling the call at any point leaves the
         lock held by nobody it should not be.
         """
+        return await self._acquire_for(asyncio.current_task(), timeout)
+
+    async def _acquire_for(self, task: object, timeout: float | None) -> int:
+        """:meth:`acquire` on behalf of ``task`` (a task, or a thread of the
+        blocking facade), which then owns the hold."""
         wait = _validate.timeout(timeout)
-        task = asyncio.current_task()
         hold = self._hold
         if hold is not None and hold.owner is task and not hold.holding.lost:
             if not self.reentrant:
@@ -214,14 +218,20 @@ class RedisLock:
 
     def owned(self) -> bool:
         """Whether the calling task holds the lock (as far as is known here; no I/O)."""
-        hold = self._hold
-        return hold is not None and hold.owner is _current() and not hold.holding.lost
+        return self._owned_by(_current())
 
     @property
     def fence(self) -> int | None:
         """The calling task's fence, or None if it does not hold the lock."""
+        return self._fence_of_owner(_current())
+
+    def _owned_by(self, owner: object) -> bool:
         hold = self._hold
-        return hold.fence if hold is not None and hold.owner is _current() else None
+        return hold is not None and hold.owner is owner and not hold.holding.lost
+
+    def _fence_of_owner(self, owner: object) -> int | None:
+        hold = self._hold
+        return hold.fence if hold is not None and hold.owner is owner else None
 
     async def locked(self) -> bool:
         """Whether somebody, anywhere, holds the lock (one round trip)."""
@@ -382,6 +392,14 @@ class RedisLock:
         keys, args = self._fence_call(slot.key, slot.member, holding.token)
         reply = await retrying(lambda _: self._link.script(FENCE, keys, args), what="lock fence")
         return None if reply is None else int(text(reply))
+
+    def _release_later(self) -> None:
+        """Give the lock back without waiting (on a path that was cancelled or
+        failed): the permit returns when the server answers, or its lease
+        runs out."""
+        hold, self._hold = self._hold, None
+        if hold is not None and self._sem is not None:
+            self._sem._spawn(self._give_back(self._sem, hold.holding))
 
     async def _give_back(self, sem: RedisSemaphore, holding: Holding) -> None:
         """Return a permit taken for an acquisition that did not complete."""

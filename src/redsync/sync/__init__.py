@@ -37,10 +37,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..event import EventStatistics, RedisEvent
+from ..lock import LockStatistics, RedisLock
 from ..semaphore import RedisSemaphore, SemaphoreInitStrategy, SemaphoreStatistics
 from . import _runner
 
-__all__ = ["Event", "Semaphore"]
+__all__ = ["Event", "Lock", "Semaphore"]
 
 T = TypeVar("T")
 
@@ -91,6 +92,10 @@ class _Facade:
 
     def close(self) -> None:
         """Close the async half and its client (idempotent)."""
+        if self._pid == -1:  # never used: nothing to close
+            self._closed = True
+            _runner._open.discard(self)
+            return
         if self._closed and self._pid == os.getpid():
             return
         try:
@@ -115,13 +120,46 @@ class _Facade:
         self._closed = True
 
 
-class Semaphore(_Facade):
+class _Leased(_Facade):
+    """Lease-lost reporting, shared by the facades of primitives that hold leases."""
+
+    _callbacks: list[Callable[[], object]]
+
+    def _with_callbacks(self, obj: Any) -> Any:
+        """``obj``, with the callbacks registered so far (on a fresh async half)."""
+        for callback in self._callbacks:
+            obj.add_lease_lost_callback(_on_worker(callback))
+        return obj
+
+    def add_lease_lost_callback(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` (on a worker thread) when something held here is lost."""
+        self._callbacks.append(callback)
+        wrapped = _on_worker(callback)
+
+        async def add(obj: Any) -> None:
+            obj.add_lease_lost_callback(wrapped)
+
+        self._call(add, "add_lease_lost_callback")
+
+    def wait_lease_lost(self, timeout: float | None = None) -> bool:
+        """Block until something held here is found lost (True) or ``timeout`` passes (False)."""
+
+        async def wait(obj: Any) -> bool:
+            try:
+                await asyncio.wait_for(obj.wait_lease_lost(), timeout)
+            except asyncio.TimeoutError:
+                return False
+            return True
+
+        return self._call(wait, "wait_lease_lost")
+
+
+class Semaphore(_Leased):
     """The blocking twin of :class:`redsync.RedisSemaphore` (same methods, no ``await``)."""
 
     name: str
     _make: Callable[..., Any]
     _kwargs: dict[str, Any]
-    _callbacks: list[Callable[[], object]]
 
     def __init__(self, *_: object, **__: object) -> None:
         raise TypeError("use Semaphore.create(...) or Semaphore.attach(...)")
@@ -189,9 +227,7 @@ class Semaphore(_Facade):
 
     async def _build(self) -> RedisSemaphore:
         sem: RedisSemaphore = await self._make(self._client, self.name, **self._kwargs)
-        for callback in self._callbacks:
-            sem.add_lease_lost_callback(_on_worker(callback))
-        return sem
+        return self._with_callbacks(sem)  # type: ignore[no-any-return]
 
     def _closed_error(self) -> Exception:
         from ..exceptions import RedisSemaphoreClosedError
@@ -227,28 +263,6 @@ class Semaphore(_Facade):
         count: int | None = self._call(lambda sem: sem.get_count(), "get_count")
         return count
 
-    def add_lease_lost_callback(self, callback: Callable[[], object]) -> None:
-        """Call ``callback()`` (on a worker thread) when a permit held here is lost."""
-        self._callbacks.append(callback)
-        wrapped = _on_worker(callback)
-
-        async def add(sem: RedisSemaphore) -> None:
-            sem.add_lease_lost_callback(wrapped)
-
-        self._call(add, "add_lease_lost_callback")
-
-    def wait_lease_lost(self, timeout: float | None = None) -> bool:
-        """Block until a permit held here is found lost (True) or ``timeout`` passes (False)."""
-
-        async def wait(sem: RedisSemaphore) -> bool:
-            try:
-                await asyncio.wait_for(sem.wait_lease_lost(), timeout)
-            except asyncio.TimeoutError:
-                return False
-            return True
-
-        return self._call(wait, "wait_lease_lost")
-
     @property
     def instance_id(self) -> str:
         return self._call(_instance_id, "instance_id")
@@ -276,13 +290,6 @@ class Event(_Facade):
 
         return RedisEventClosedError(f"event {self.name!r} is closed")
 
-    def close(self) -> None:
-        if self._pid == -1:  # never used: nothing to close
-            self._closed = True
-            _runner._open.discard(self)
-            return
-        super().close()
-
     def set(self) -> None:
         self._call(lambda event: event.set(), "set")
 
@@ -302,6 +309,99 @@ class Event(_Facade):
 
     def __repr__(self) -> str:
         return f"<redsync.sync.Event {self.name!r}{' closed' if self._closed else ''}>"
+
+
+class Lock(_Leased):
+    """The blocking twin of :class:`redsync.RedisLock` (no I/O until first used).
+
+    Ownership is per thread: :meth:`owned`, :attr:`fence` and re-entrancy are
+    the calling thread's; any thread may :meth:`release`.  There is no
+    ``guarded()``: a thread cannot be cancelled, so run
+    :meth:`wait_lease_lost` beside long critical sections instead.
+    """
+
+    def __init__(
+        self,
+        redis_client: Any,
+        name: str,
+        *,
+        lease_ttl: float = 30.0,
+        key_prefix: str = "redsync:lock",
+        reentrant: bool = False,
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
+    ) -> None:
+        from .._core import validate
+
+        self.name = validate.name(name)
+        if not isinstance(reentrant, bool):
+            raise TypeError(f"reentrant must be True or False, got {reentrant!r}")
+        self._kwargs = dict(
+            lease_ttl=validate.lease_ttl(lease_ttl),
+            key_prefix=validate.key_prefix(key_prefix),
+            reentrant=reentrant,
+            replicas=validate.replicas(replicas),
+            replica_timeout=validate.replica_timeout(replica_timeout),
+        )
+        self._callbacks: list[Callable[[], object]] = []
+        self._init_facade(redis_client)
+        _runner._open.add(self)
+
+    async def _build(self) -> RedisLock:
+        lock = RedisLock(self._client, self.name, **self._kwargs)  # type: ignore[arg-type]
+        return self._with_callbacks(lock)  # type: ignore[no-any-return]
+
+    def _closed_error(self) -> Exception:
+        from ..exceptions import RedisLockClosedError
+
+        return RedisLockClosedError(f"lock {self.name!r} is closed")
+
+    def acquire(self, timeout: float | None = None) -> int:
+        """Take the lock for this thread; return its fence (as RedisLock.acquire)."""
+        owner = threading.current_thread()
+        fence: int = self._call(lambda lock: lock._acquire_for(owner, timeout), "acquire")
+        return fence
+
+    def release(self) -> None:
+        """Release the lock held through this object (by any thread)."""
+        self._call(lambda lock: lock.release(), "release")
+
+    def __enter__(self) -> int:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def owned(self) -> bool:
+        """Whether the calling thread holds the lock."""
+        owner = threading.current_thread()
+
+        async def owned(lock: RedisLock) -> bool:
+            return lock._owned_by(owner)
+
+        return self._call(owned, "owned")
+
+    @property
+    def fence(self) -> int | None:
+        """The calling thread's fence, or None if it does not hold the lock."""
+        owner = threading.current_thread()
+
+        async def fence(lock: RedisLock) -> int | None:
+            return lock._fence_of_owner(owner)
+
+        return self._call(fence, "fence")
+
+    def locked(self) -> bool:
+        """Whether somebody, anywhere, holds the lock."""
+        held: bool = self._call(lambda lock: lock.locked(), "locked")
+        return held
+
+    def statistics(self) -> LockStatistics:
+        stats: LockStatistics = self._call(lambda lock: lock.statistics(), "statistics")
+        return stats
+
+    def __repr__(self) -> str:
+        return f"<redsync.sync.Lock {self.name!r}{' closed' if self._closed else ''}>"
 
 
 async def _locked(sem: RedisSemaphore) -> bool:
