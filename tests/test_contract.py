@@ -30,7 +30,13 @@ import pytest
 from devtools import wait_until
 
 import redsync
-from redsync import RedisEvent, RedisLock, RedisSemaphore, SemaphoreInitStrategy
+from redsync import (
+    RedisEvent,
+    RedisLock,
+    RedisReadWriteLock,
+    RedisSemaphore,
+    SemaphoreInitStrategy,
+)
 
 pytestmark = pytest.mark.usefixtures("topology")
 
@@ -56,6 +62,9 @@ class Subject:
     closed_error: type[Exception]
     #: The fields statistics() must have.
     fields: frozenset[str]
+    #: What a wait takes is shared (a read): many may hold at once.  Then
+    #: ``held`` counts the holds in Redis, which must all be given back.
+    held: Callable[[Any], Awaitable[int]] | None = None
 
 
 async def _make_semaphore(client: Any, name: str, strategy: SemaphoreInitStrategy) -> Any:
@@ -94,6 +103,29 @@ async def _join_lock(client: Any, name: str) -> Any:
 
 async def _lock_available(lock: RedisLock) -> int:
     return 0 if await lock.locked() else 1
+
+
+async def _make_writer(client: Any, name: str) -> Any:
+    rw = RedisReadWriteLock(client, name, lease_ttl=5)
+    await rw.writer.acquire()  # held: readers and writers wait until it is released
+    return rw
+
+
+async def _join_rwlock(client: Any, name: str) -> Any:
+    return RedisReadWriteLock(client, name, lease_ttl=5)
+
+
+async def _writer_available(rw: RedisReadWriteLock) -> int:
+    stats = await rw.statistics()
+    return 0 if stats.gate_held or stats.readers else 1
+
+
+async def _reader_available(rw: RedisReadWriteLock) -> int:
+    return 0 if (await rw.statistics()).gate_held else 1
+
+
+async def _reads_held(rw: RedisReadWriteLock) -> int:
+    return (await rw.statistics()).readers
 
 
 def _subjects() -> list[Subject]:
@@ -146,6 +178,36 @@ def _subjects() -> list[Subject]:
             fields=frozenset({"name", "locked", "held_here", "fence", "tasks_waiting"}),
         )
     )
+    rw_fields = frozenset({"name", "readers", "readers_here", "writer_here", "fence"})
+    subjects.append(
+        Subject(
+            name="rwlock-writer",
+            make=_make_writer,
+            join=_join_rwlock,
+            wait=lambda rw, t: rw.writer.acquire(t),
+            let_one_through=lambda rw: rw.writer.release(),
+            give_back=lambda rw: rw.writer.release(),
+            available=_writer_available,
+            timeout_error=redsync.RedisLockTimeoutError,
+            closed_error=redsync.RedisLockClosedError,
+            fields=rw_fields,
+        )
+    )
+    subjects.append(
+        Subject(
+            name="rwlock-reader",
+            make=_make_writer,
+            join=_join_rwlock,
+            wait=lambda rw, t: rw.reader.acquire(t),
+            let_one_through=lambda rw: rw.writer.release(),
+            give_back=lambda rw: rw.reader.release(),
+            available=_reader_available,
+            timeout_error=redsync.RedisLockTimeoutError,
+            closed_error=redsync.RedisLockClosedError,
+            fields=rw_fields,
+            held=_reads_held,
+        )
+    )
     return subjects
 
 
@@ -186,7 +248,10 @@ async def test_timeouts(subject: Subject, redis: Any, unique_name: str) -> None:
         assert not forever.done()
         await subject.let_one_through(twin)
         await asyncio.wait_for(forever, 10)
-        assert await subject.available(twin) == 0
+        if subject.held is None:
+            assert await subject.available(twin) == 0
+        else:
+            assert await subject.held(twin) == 1
         await subject.give_back(mine)
         await subject.wait(mine, 0)  # what was given back can be taken at once
         await subject.give_back(mine)
@@ -216,11 +281,16 @@ async def test_cancellation_at_any_point_loses_and_doubles_nothing(
             await subject.give_back(mine)
         await wait_until(lambda: _available_is(subject, twin, 1), timeout=10)
         await subject.wait(mine, 5)  # exactly one is there ...
-        with pytest.raises(subject.timeout_error):
-            # ... and only one (asked by another task: a lock's owner may not ask twice)
-            await asyncio.ensure_future(subject.wait(mine, 0))
+        if subject.held is None:
+            with pytest.raises(subject.timeout_error):
+                # ... and only one (asked by another task: a lock's owner may not ask twice)
+                await asyncio.ensure_future(subject.wait(mine, 0))
+        else:  # ... shared: the cancelled wait left no hold of its own behind
+            assert await subject.held(twin) == 1
         await subject.give_back(mine)
         assert await subject.available(twin) == 1
+        if subject.held is not None:
+            await wait_until(lambda: _held_is(subject, twin, 0), timeout=10)
     finally:
         await mine.close()
         await twin.close()
@@ -228,6 +298,11 @@ async def test_cancellation_at_any_point_loses_and_doubles_nothing(
 
 async def _available_is(subject: Subject, instance: Any, n: int) -> bool:
     return await subject.available(instance) == n
+
+
+async def _held_is(subject: Subject, instance: Any, n: int) -> bool:
+    assert subject.held is not None
+    return await subject.held(instance) == n
 
 
 async def test_close_is_idempotent_and_fails_waiters(

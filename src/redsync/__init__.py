@@ -24,12 +24,14 @@ from .exceptions import (
     RedsyncTimeoutError,
 )
 from .lock import LockStatistics, RedisLock
+from .rwlock import ReadWriteLockStatistics, RedisReadWriteLock
 from .semaphore import HolderInfo, RedisSemaphore, SemaphoreInitStrategy, SemaphoreStatistics
 
 __all__ = [
     "EventStatistics",
     "HolderInfo",
     "LockStatistics",
+    "ReadWriteLockStatistics",
     "RedisEvent",
     "RedisEventClosedError",
     "RedisEventError",
@@ -40,6 +42,7 @@ __all__ = [
     "RedisLockLeaseLostError",
     "RedisLockNotAcquiredError",
     "RedisLockTimeoutError",
+    "RedisReadWriteLock",
     "RedisSemaphore",
     "RedisSemaphoreClosedError",
     "RedisSemaphoreCountError",
