@@ -33,7 +33,7 @@ def test_readme_examples_run_as_written(redis_url: str, unique_name: str) -> Non
     assert found, "the README has no runnable example"
     for source in found:
         # The same code, with the example's names made unique to this test.
-        pattern = r'(?:create|attach|RedisEvent|Event|RedisLock)\((?:client|REDIS_URL), "([^"]+)"'
+        pattern = r'(?:create|attach|RedisEvent|Event|RedisLock|RedisReadWriteLock|ReadWriteLock)\((?:client|REDIS_URL), "([^"]+)"'
         for literal in re.findall(pattern, source):
             source = source.replace(f'"{literal}"', f'"{unique_name}-{literal}"')
         result = subprocess.run(
@@ -45,7 +45,8 @@ def test_readme_examples_run_as_written(redis_url: str, unique_name: str) -> Non
         )
         assert result.returncode == 0, result.stderr
         # What each example prints once it has done its work.
-        assert "holding a permit" in result.stdout or "stale fence" in result.stdout, source
+        done = ("holding a permit", "stale fence", "readers shared")
+        assert any(word in result.stdout for word in done), source
 
 
 def test_demo_command_shows_processes_sharing_a_semaphore(redis_url: str) -> None:

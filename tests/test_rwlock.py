@@ -512,3 +512,17 @@ async def test_many_read_write_locks_use_few_connections(
         for rw in locks:
             await rw.close()
         await client.aclose()
+
+
+async def test_a_writer_block_that_downgraded_ends_the_read(
+    redis: aioredis.Redis, unique_name: str
+) -> None:
+    rw = RedisReadWriteLock(redis, unique_name, lease_ttl=5)
+    try:
+        async with rw.writer:
+            await rw.writer.downgrade()
+            assert rw.reader.owned() and await live_reads(redis, unique_name) == 1
+            assert await gate_free(redis, unique_name), "the downgrade kept the gate"
+        assert not rw.reader.owned() and await live_reads(redis, unique_name) == 0
+    finally:
+        await rw.close()

@@ -88,6 +88,8 @@ class _Read:
     lost: bool = False
     #: Local send time of the last renewal the server confirmed (or of the join).
     confirmed: float = 0.0
+    #: Made by ``downgrade()``: the end of an ``async with rw.writer`` block releases it.
+    downgraded: bool = False
 
 
 @dataclass(eq=False)
@@ -392,7 +394,7 @@ class RedisReadWriteLock:
                 f"read-write lock {self.name!r}: downgrade() called, but the writer is not "
                 "held through this instance"
             )
-        read = _Read(f"{self._instance}.{next(self._numbers)}", write.owner)
+        read = _Read(f"{self._instance}.{next(self._numbers)}", write.owner, downgraded=True)
         self._write = None
         try:
             joined = await self._join_through_gate(read)
@@ -665,7 +667,12 @@ class _Writer:
         return await self.acquire()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.release()
+        rw = self._rw
+        read = rw._read_of.get(asyncio.current_task())
+        if rw._write is None and read is not None and read.downgraded:
+            await rw._unread(read.owner)  # the block downgraded: it ends the read
+        else:
+            await self.release()
 
     def __repr__(self) -> str:
         return f"<writer of {self._rw!r}>"
