@@ -33,7 +33,8 @@ def test_readme_examples_run_as_written(redis_url: str, unique_name: str) -> Non
     assert found, "the README has no runnable example"
     for source in found:
         # The same code, with the example's names made unique to this test.
-        pattern = r'(?:create|attach|RedisEvent|Event|RedisLock|RedisReadWriteLock|ReadWriteLock)\((?:client|REDIS_URL), "([^"]+)"'
+        makers = "create|attach|RedisEvent|Event|RedisLock|RedisReadWriteLock|ReadWriteLock"
+        pattern = rf'(?:{makers})\((?:client|REDIS_URL), "([^"]+)"'
         for literal in re.findall(pattern, source):
             source = source.replace(f'"{literal}"', f'"{unique_name}-{literal}"')
         result = subprocess.run(
