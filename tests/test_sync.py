@@ -32,7 +32,7 @@ from redsync import (
     RedisSemaphoreNotAcquiredError,
     RedisSemaphoreTimeoutError,
 )
-from redsync.sync import Event, Lock, Semaphore
+from redsync.sync import Event, Lock, ReadWriteLock, Semaphore
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -442,3 +442,81 @@ def test_a_lock_facade_checks_its_arguments_without_io() -> None:
         with pytest.raises((ValueError, TypeError), match=word):
             Lock("redis://127.0.0.1:9/0", "x", **kwargs)  # nothing listens there
     Lock("redis://127.0.0.1:9/0", "x").close()  # never used: closes without I/O
+
+
+# -- the read-write lock -------------------------------------------------------------
+
+
+def test_reader_threads_share_and_a_writer_thread_is_alone(
+    sync_client: redis.Redis, unique_name: str
+) -> None:
+    rw = ReadWriteLock(sync_client, unique_name, lease_ttl=5)
+    # Three reader threads and this one: the readers all hold at once (or the
+    # wait times out), then the writers start and wait for them to leave.
+    together = threading.Barrier(4, timeout=20)
+    state = {"readers": 0, "writers": 0, "bad": 0}
+    guard = threading.Lock()
+    fences: list[int] = []
+
+    def read() -> None:
+        with rw.reader:
+            assert rw.reader.owned()
+            with guard:
+                state["readers"] += 1
+                state["bad"] += state["writers"]
+            together.wait()
+            time.sleep(0.02)
+            with guard:
+                state["readers"] -= 1
+
+    def write() -> None:
+        for _ in range(3):
+            with rw.writer as fence:
+                assert rw.writer.owned() and rw.writer.fence == fence
+                with guard:
+                    state["writers"] += 1
+                    state["bad"] += state["readers"] + state["writers"] - 1
+                    fences.append(fence)
+                time.sleep(0.005)
+                with guard:
+                    state["writers"] -= 1
+
+    try:
+        threads = [threading.Thread(target=read) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        together.wait()
+        threads += [threading.Thread(target=write) for _ in range(2)]
+        for thread in threads[3:]:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert state == {"readers": 0, "writers": 0, "bad": 0}
+        assert len(fences) == 6 and fences == sorted(set(fences))
+        assert rw.statistics().readers == 0
+    finally:
+        rw.close()
+    rw.close()  # idempotent
+
+
+def test_read_write_ownership_is_the_thread(redis_url: str, unique_name: str) -> None:
+    rw = ReadWriteLock(redis_url, unique_name, lease_ttl=5)
+    try:
+        other = threading.Thread(target=rw.reader.acquire)
+        other.start()
+        other.join(30)
+        assert not rw.reader.owned() and rw.statistics().readers == 1
+        with pytest.raises(RedisLockTimeoutError):
+            rw.writer.acquire(timeout=0.2)  # another thread's read: this thread waits
+        rw.reader.release()  # any thread may release
+        with rw.reader, pytest.raises(RedisLockError, match="release the read first"):
+            rw.writer.acquire()
+        with rw.writer as fence:
+            assert rw.writer.fence == fence
+            rw.writer.downgrade()
+            assert rw.reader.owned() and not rw.writer.owned()
+        assert not rw.reader.owned() and rw.statistics().readers == 0
+        with pytest.raises(RedisLockNotAcquiredError):
+            rw.writer.release()
+    finally:
+        rw.close()

@@ -387,6 +387,27 @@ class RedisReadWriteLock:
         except RedisLockNotAcquiredError:  # found lost and given back already
             raise self._lost_error("writer") from None
 
+    async def _end_write_block(self, owner: object) -> None:
+        """The end of a ``with`` block on the writer: release the writer, or the
+        read a ``downgrade()`` in the block left."""
+        read = self._read_of.get(owner)
+        if self._write is None and read is not None and read.downgraded:
+            await self._unread(owner)
+        else:
+            await self._release_write()
+
+    def _owns_read(self, owner: object) -> bool:
+        read = self._read_of.get(owner)
+        return read is not None and not read.lost
+
+    def _owns_write(self, owner: object) -> bool:
+        write = self._write
+        return write is not None and write.owner is owner and self._gate_held()
+
+    def _write_fence(self, owner: object) -> int | None:
+        write = self._write
+        return write.fence if write is not None and write.owner is owner else None
+
     async def _downgrade(self) -> None:
         write = self._write
         if write is None:
@@ -618,8 +639,7 @@ class _Reader:
 
     def owned(self) -> bool:
         """Whether the calling task holds a read (no I/O)."""
-        read = self._rw._read_of.get(asyncio.current_task())
-        return read is not None and not read.lost
+        return self._rw._owns_read(_current())
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -654,25 +674,25 @@ class _Writer:
 
     def owned(self) -> bool:
         """Whether the calling task holds the writer (no I/O)."""
-        write = self._rw._write
-        return write is not None and write.owner is asyncio.current_task() and self._rw._gate_held()
+        return self._rw._owns_write(_current())
 
     @property
     def fence(self) -> int | None:
         """The calling task's writer fence, or None."""
-        write = self._rw._write
-        return write.fence if write is not None and write.owner is asyncio.current_task() else None
+        return self._rw._write_fence(_current())
 
     async def __aenter__(self) -> int:
         return await self.acquire()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        rw = self._rw
-        read = rw._read_of.get(asyncio.current_task())
-        if rw._write is None and read is not None and read.downgraded:
-            await rw._unread(read.owner)  # the block downgraded: it ends the read
-        else:
-            await self.release()
+        await self._rw._end_write_block(asyncio.current_task())
 
     def __repr__(self) -> str:
         return f"<writer of {self._rw!r}>"
+
+
+def _current() -> object:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None

@@ -38,10 +38,11 @@ from typing import Any, TypeVar
 
 from ..event import EventStatistics, RedisEvent
 from ..lock import LockStatistics, RedisLock
+from ..rwlock import ReadWriteLockStatistics, RedisReadWriteLock
 from ..semaphore import RedisSemaphore, SemaphoreInitStrategy, SemaphoreStatistics
 from . import _runner
 
-__all__ = ["Event", "Lock", "Semaphore"]
+__all__ = ["Event", "Lock", "ReadWriteLock", "Semaphore"]
 
 T = TypeVar("T")
 
@@ -402,6 +403,124 @@ class Lock(_Leased):
 
     def __repr__(self) -> str:
         return f"<redsync.sync.Lock {self.name!r}{' closed' if self._closed else ''}>"
+
+
+class ReadWriteLock(_Leased):
+    """The blocking twin of :class:`redsync.RedisReadWriteLock` (no I/O until first used).
+
+    ``with rw.reader: ...`` and ``with rw.writer as fence: ...``; ownership
+    (nested reads, the upgrade and downgrade rules, :attr:`_SyncWriter.fence`)
+    is the calling thread's; any thread may release.
+    """
+
+    def __init__(
+        self,
+        redis_client: Any,
+        name: str,
+        *,
+        lease_ttl: float = 30.0,
+        key_prefix: str = "redsync:rwlock",
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
+    ) -> None:
+        from .._core import validate
+
+        self.name = validate.name(name)
+        self._kwargs = dict(
+            lease_ttl=validate.lease_ttl(lease_ttl),
+            key_prefix=validate.key_prefix(key_prefix),
+            replicas=validate.replicas(replicas),
+            replica_timeout=validate.replica_timeout(replica_timeout),
+        )
+        self._callbacks: list[Callable[[], object]] = []
+        self._init_facade(redis_client)
+        self.reader = _SyncReader(self)
+        self.writer = _SyncWriter(self)
+        _runner._open.add(self)
+
+    async def _build(self) -> RedisReadWriteLock:
+        rw = RedisReadWriteLock(self._client, self.name, **self._kwargs)  # type: ignore[arg-type]
+        return self._with_callbacks(rw)  # type: ignore[no-any-return]
+
+    def _closed_error(self) -> Exception:
+        from ..exceptions import RedisLockClosedError
+
+        return RedisLockClosedError(f"read-write lock {self.name!r} is closed")
+
+    def statistics(self) -> ReadWriteLockStatistics:
+        stats: ReadWriteLockStatistics = self._call(lambda rw: rw.statistics(), "statistics")
+        return stats
+
+    def __repr__(self) -> str:
+        return f"<redsync.sync.ReadWriteLock {self.name!r}{' closed' if self._closed else ''}>"
+
+
+def _ask(rw: ReadWriteLock, question: Callable[[RedisReadWriteLock], T], what: str) -> T:
+    """A question about local state, answered on the loop thread (no I/O)."""
+
+    async def ask(lock: RedisReadWriteLock) -> T:
+        return question(lock)
+
+    return rw._call(ask, what)
+
+
+class _SyncReader:
+    """``rw.reader`` of the blocking read-write lock."""
+
+    def __init__(self, rw: ReadWriteLock) -> None:
+        self._rw = rw
+
+    def acquire(self, timeout: float | None = None) -> None:
+        owner = threading.current_thread()
+        self._rw._call(lambda rw: rw._read(owner, timeout), "reader.acquire")
+
+    def release(self) -> None:
+        owner = threading.current_thread()
+        self._rw._call(lambda rw: rw._unread(owner), "reader.release")
+
+    def owned(self) -> bool:
+        owner = threading.current_thread()
+        return _ask(self._rw, lambda rw: rw._owns_read(owner), "reader.owned")
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class _SyncWriter:
+    """``rw.writer`` of the blocking read-write lock."""
+
+    def __init__(self, rw: ReadWriteLock) -> None:
+        self._rw = rw
+
+    def acquire(self, timeout: float | None = None) -> int:
+        owner = threading.current_thread()
+        fence: int = self._rw._call(lambda rw: rw._acquire_write(owner, timeout), "writer.acquire")
+        return fence
+
+    def release(self) -> None:
+        self._rw._call(lambda rw: rw._release_write(), "writer.release")
+
+    def downgrade(self) -> None:
+        self._rw._call(lambda rw: rw._downgrade(), "writer.downgrade")
+
+    def owned(self) -> bool:
+        owner = threading.current_thread()
+        return _ask(self._rw, lambda rw: rw._owns_write(owner), "writer.owned")
+
+    @property
+    def fence(self) -> int | None:
+        owner = threading.current_thread()
+        return _ask(self._rw, lambda rw: rw._write_fence(owner), "writer.fence")
+
+    def __enter__(self) -> int:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        owner = threading.current_thread()
+        self._rw._call(lambda rw: rw._end_write_block(owner), "writer.__exit__")
 
 
 async def _locked(sem: RedisSemaphore) -> bool:
