@@ -68,11 +68,12 @@ def wait_for(predicate: object, timeout: float = 15.0) -> None:
     raise AssertionError(f"not within {timeout} s: {predicate}")
 
 
-def waiting(url: str, name: str, holders: int = 1) -> bool:
-    """A second instance registered its slot: a waiter blocks on the permit."""
+def waiting(url: str, name: str, holders: int = 1, prefix: str = "redsync:lock") -> bool:
+    """A second instance registered its slot: a waiter blocks on the permit
+    (of a lock: runs with the default ``--count 1`` hold one)."""
     client = redis.Redis.from_url(url)
     try:
-        return int(client.zcard(keyspace(name).key("holders"))) > holders
+        return int(client.zcard(keyspace(name, prefix).key("holders"))) > holders
     finally:
         client.close()
 
@@ -93,18 +94,30 @@ def test_exit_status_is_the_commands_and_the_environment_names_the_holder(
 ) -> None:
     script = (
         "import os, sys\n"
-        "print(os.environ['REDSYNC_NAME'], os.environ['REDSYNC_INSTANCE'])\n"
+        "print(os.environ['REDSYNC_NAME'], os.environ['REDSYNC_INSTANCE'],"
+        " os.environ.get('REDSYNC_FENCE', '-'))\n"
         "sys.exit(3)\n"
     )
+    fences = []
+    for _ in range(2):
+        done = subprocess.run(
+            run_args(unique_name, url=url, command=[PY, "-c", script]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 3, done.stderr
+        name, instance, fence = done.stdout.split()
+        assert name == unique_name and len(instance) == 16
+        fences.append(int(fence))  # --count 1: a lock, whose holder gets a fence
+    assert fences[1] > fences[0]
     done = subprocess.run(
-        run_args(unique_name, url=url, command=[PY, "-c", script]),
+        run_args(unique_name + "-sem", "--count", "2", url=url, command=[PY, "-c", script]),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 3, done.stderr
-    name, instance = done.stdout.split()
-    assert name == unique_name and len(instance) == 16
+    assert done.returncode == 3 and done.stdout.split()[2] == "-"  # a semaphore: no fence
     killed = subprocess.run(
         run_args(unique_name, url=url, command=["sh", "-c", "kill -TERM $$"]), timeout=60
     )
@@ -277,7 +290,8 @@ _RECREATE = (
     "from redsync import RedisSemaphore\n"
     "async def main():\n"
     "    c = r.Redis.from_url(sys.argv[1])\n"
-    "    s = await RedisSemaphore.create(c, sys.argv[2], count=1, lease_ttl=3)\n"
+    "    s = await RedisSemaphore.create(c, sys.argv[2], count=1, lease_ttl=3,"
+    " key_prefix='redsync:lock')\n"
     "    await s.close(); await c.aclose()\n"
     "asyncio.run(main())\n"
 )

@@ -15,6 +15,10 @@ terminal, that group becomes the terminal's foreground group while it runs
 (as a shell does it), so Ctrl-C reaches the command once, directly, and the
 permit is returned after it exited.  Ctrl-C while waiting for the permit
 gives up the wait (nothing is taken) and exits with 130.
+
+With ``--count 1`` (the default) the permit is a :class:`~redsync.RedisLock`
+(keys under ``redsync:lock``), and the command finds its fence in
+``REDSYNC_FENCE``; with more, a :class:`~redsync.RedisSemaphore`.
 """
 
 from __future__ import annotations
@@ -106,16 +110,21 @@ async def _run(args: argparse.Namespace, url: str, command: list[str]) -> int:
     import redis.asyncio as aioredis
     from redis import exceptions as rex
 
-    from .exceptions import RedisSemaphoreTimeoutError, RedsyncError
+    from .exceptions import RedisLockTimeoutError, RedisSemaphoreTimeoutError, RedsyncError
+    from .lock import RedisLock
     from .semaphore import RedisSemaphore
 
     client = aioredis.Redis.from_url(url)
     loop = asyncio.get_running_loop()
     try:
+        sem: Any
         try:
-            sem = await RedisSemaphore.create(
-                client, args.name, count=args.count, lease_ttl=args.lease_ttl
-            )
+            if args.count == 1:  # a lock: its holder gets a fence (REDSYNC_FENCE)
+                sem = _LockHolder(RedisLock(client, args.name, lease_ttl=args.lease_ttl))
+            else:
+                sem = await RedisSemaphore.create(
+                    client, args.name, count=args.count, lease_ttl=args.lease_ttl
+                )
         except (ValueError, TypeError, RedsyncError) as exc:
             if isinstance(exc, (rex.ConnectionError, rex.TimeoutError)):
                 raise
@@ -126,7 +135,7 @@ async def _run(args: argparse.Namespace, url: str, command: list[str]) -> int:
         try:
             with _interrupt_cancels(loop):
                 await sem.acquire(0 if args.nonblock else args.timeout)
-        except RedisSemaphoreTimeoutError:
+        except (RedisSemaphoreTimeoutError, RedisLockTimeoutError):
             print(f"redsync run: no permit of {args.name!r} was free", file=sys.stderr)
             await sem.close()
             return int(args.conflict_exit_code)
@@ -149,6 +158,30 @@ async def _run(args: argparse.Namespace, url: str, command: list[str]) -> int:
             await sem.close()
     finally:
         await client.aclose()
+
+
+class _LockHolder:
+    """A :class:`~redsync.RedisLock` with the few semaphore methods ``run`` uses."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.fence: int | None = None
+
+    async def acquire(self, timeout: float | None) -> None:
+        self.fence = await self.lock.acquire(timeout)
+
+    async def release(self) -> None:
+        await self.lock.release()
+
+    async def wait_lease_lost(self) -> None:
+        await self.lock.wait_lease_lost()
+
+    @property
+    def instance_id(self) -> str:
+        return str(self.lock._sem.instance_id)
+
+    async def close(self) -> None:
+        await self.lock.close()
 
 
 class _Interrupted(Exception):
@@ -188,6 +221,9 @@ async def _supervise(sem: Any, args: argparse.Namespace, command: list[str]) -> 
         "REDSYNC_NAME": args.name,
         "REDSYNC_INSTANCE": sem.instance_id,
     }
+    fence = getattr(sem, "fence", None)
+    if fence is not None:
+        env["REDSYNC_FENCE"] = str(fence)
     tty = _terminal()
     # Its own process group (see the module docstring); Python 3.10 lacks process_group.
     group: dict[str, Any] = (
@@ -283,15 +319,24 @@ def status(args: argparse.Namespace) -> int:
     async def look() -> dict[str, Any] | None:
         client = aioredis.Redis.from_url(url)
         try:
+            kind = "semaphore"
             try:
                 sem = await RedisSemaphore.attach(client, args.name, timeout=0)
             except RedisSemaphoreTimeoutError:
-                return None
+                # Runs with --count 1 hold a lock: a semaphore of count 1 under its prefix.
+                kind = "lock"
+                try:
+                    sem = await RedisSemaphore.attach(
+                        client, args.name, timeout=0, key_prefix="redsync:lock"
+                    )
+                except RedisSemaphoreTimeoutError:
+                    return None
             try:
                 stats = await sem.statistics()
             finally:
                 await sem.close()
             return {
+                "kind": kind,
                 "name": stats.name,
                 "count": stats.count,
                 "available": stats.available,
@@ -309,7 +354,7 @@ def status(args: argparse.Namespace) -> int:
         print(f"redsync status: cannot reach Redis at {url}: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
     if found is None:
-        print(f"redsync status: no semaphore {args.name!r} at {url}", file=sys.stderr)
+        print(f"redsync status: no semaphore or lock {args.name!r} at {url}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(found))
