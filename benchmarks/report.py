@@ -298,6 +298,25 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             limit=10.0,
             absolute=True,
         )
+    for key in _keys(summary, "rwlock"):
+        label = "read-write lock: " + _label(key)
+        add(
+            f"{label}: readers ≥ 10x the same tasks as writers",
+            _metric(summary, key, "ours", "readers_throughput"),
+            _metric(summary, key, "ours", "writers_throughput"),
+            "writers",
+            limit=10.0,
+            at_most=False,
+            unit="num",
+        )
+        cs = _metric(summary, key, "ours", "cs")
+        add(
+            f"{label}: a writer behind streaming readers is in within one critical section (p50)",
+            _metric(summary, key, "ours", "writer_wait_p50"),
+            cs,
+            "critical section",
+            limit=1.0,
+        )
     for key in _keys(summary, "idle"):
         label = _label(key)
         add(
@@ -597,7 +616,6 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         ],
         waiting_rows,
     )
-
     idle_rows = []
     for key in _keys(summary, "idle"):
         for lib in _present(summary, key):

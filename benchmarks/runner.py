@@ -53,6 +53,11 @@ class Plan:
     event_instances: tuple[tuple[int, int], ...] = ((1, 1000),)
     #: Permits of the semaphore one instance takes entirely (0: skip the case).
     permits: int = 4096
+    #: Read-write lock: tasks, critical section (ms), and writers timed behind
+    #: a stream of readers (0 tasks: skip the case).
+    rw_tasks: int = 32
+    rw_cs_ms: float = 1.0
+    rw_writers: int = 20
     floor_ops: int = 5000
     rb_requests: int = 20000
     #: Lease (or lock expiry) for every case but crash recovery: the libraries' default.
@@ -85,6 +90,7 @@ SMOKE = Plan(
     instances=((1, 50), (20, 4)),
     event_instances=((1, 50),),
     permits=256,
+    rw_writers=5,
     floor_ops=300,
     rb_requests=1000,
     extra_libs=("ours", "rs2"),
@@ -376,6 +382,25 @@ def plan_jobs(plan: Plan, libs: Sequence[str], port: int, repeat: int) -> list[J
                 if lib in ("ours", "rs2")
             ]
         )
+    if plan.rw_tasks and "ours" in libs:
+        groups.append(
+            [
+                Job(
+                    "rwlock",
+                    {"tasks": plan.rw_tasks, "cs_ms": plan.rw_cs_ms},
+                    "ours",
+                    "single",
+                    spec(
+                        "rwlock",
+                        "ours",
+                        tasks=plan.rw_tasks,
+                        cs=plan.rw_cs_ms / 1000,
+                        duration=plan.duration,
+                        writers=plan.rw_writers,
+                    ),
+                )
+            ]
+        )
     for ttl in plan.crash_ttls:
         groups.append(
             [
@@ -631,6 +656,13 @@ def _progress(job: Job, result: dict[str, Any], elapsed: float) -> None:
         )
     elif job.case == "permits":
         summary = f"total {result['total']:.2f} s, last/first quarter {result['growth']:.2f}"
+    elif job.case == "rwlock":
+        summary = (
+            f"readers {result['readers_throughput']:.0f}/s, writers "
+            f"{result['writers_throughput']:.0f}/s (x{result['ratio']:.1f}), writer in after "
+            f"p50 {result['writer_wait_p50'] * 1e3:.2f} ms, "
+            f"max {result['writer_wait_max'] * 1e3:.2f} ms"
+        )
     elif job.case == "crash":
         summary = (
             f"recovered in {result['recovery']:.2f} s"

@@ -655,6 +655,66 @@ async def run_permits(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def run_rwlock(spec: dict[str, Any]) -> dict[str, Any]:
+    """The read-write lock: ``tasks`` tasks (one instance each) with a
+    ``cs``-second critical section, all readers, then all writers, for
+    ``duration`` s each (throughput); then a writer arriving ``writers``
+    times behind a steady stream of those readers, timed from its
+    ``acquire()`` until it is in."""
+    from redsync import RedisReadWriteLock
+
+    tasks, cs, duration = int(spec["tasks"]), float(spec["cs"]), float(spec["duration"])
+    client = async_client(spec["port"], "bench-rwlock")
+    locks = [RedisReadWriteLock(client, spec["name"], lease_ttl=30.0) for _ in range(tasks)]
+    writer = RedisReadWriteLock(client, spec["name"], lease_ttl=30.0)
+
+    async def one(rw: RedisReadWriteLock, write: bool, until: float) -> int:
+        done = 0
+        side: Any = rw.writer if write else rw.reader
+        while time.perf_counter() < until:
+            async with side:
+                await asyncio.sleep(cs)
+            done += 1
+        return done
+
+    try:
+        for rw in locks:  # first use creates the gate: not part of the figures
+            async with rw.reader:
+                pass
+        rates = {}
+        for write in (False, True):
+            until = time.perf_counter() + duration
+            counts = await asyncio.gather(*(one(rw, write, until) for rw in locks))
+            rates["writers" if write else "readers"] = sum(counts) / duration
+        # A writer behind a stream of readers.
+        waits: list[float] = []
+        stop = time.perf_counter() + 3600
+        stream = [asyncio.ensure_future(one(rw, False, stop)) for rw in locks]
+        try:
+            for _ in range(int(spec["writers"])):
+                await asyncio.sleep(5 * cs)  # the readers are streaming again
+                asked = time.perf_counter()
+                async with writer.writer:
+                    waits.append(time.perf_counter() - asked)
+        finally:
+            for task in stream:
+                task.cancel()
+            await asyncio.gather(*stream, return_exceptions=True)
+    finally:
+        for rw in [*locks, writer]:
+            await rw.close()
+        await client.aclose()
+    waits.sort()
+    return {
+        "readers_throughput": rates["readers"],
+        "writers_throughput": rates["writers"],
+        "ratio": rates["readers"] / rates["writers"],
+        "writer_wait_p50": waits[len(waits) // 2],
+        "writer_wait_max": waits[-1],
+        "cs": cs,
+    }
+
+
 # -- case 5: crash recovery (the harness kills the holder) --------------------------------
 
 
@@ -694,6 +754,7 @@ MODES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "instances": run_instances,
     "event_instances": run_event_instances,
     "permits": run_permits,
+    "rwlock": run_rwlock,
 }
 
 

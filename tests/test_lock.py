@@ -45,10 +45,14 @@ class LockHolder(WorkerProcess):
     def __init__(self, url: str, name: str, ttl: float) -> None:
         super().__init__(LOCK_HOLDER, url, name, ttl)
 
-    async def held(self) -> int:
+    #: When it got the lock, on this machine's monotonic clock.
+    at: float = 0.0
+
+    async def held(self, timeout: float = 20) -> int:
         """The fence it took, once it holds the lock."""
-        word, fence = (await self.line()).split()
+        word, fence, at = (await self.line(timeout)).split()
         assert word == "held"
+        self.at = float(at)
         return int(fence)
 
 
@@ -410,6 +414,51 @@ async def test_guarded_steps_down_before_anyone_else_can_get_in(
         await holder.close()
         await waiter.close()
         await frozen.aclose()
+
+
+async def test_guarded_steps_down_under_client_pause_before_another_process_gets_in(
+    private_server: RedisServer, unique_name: str, lock_holders: Callable[..., LockHolder]
+) -> None:
+    """CLIENT PAUSE freezes every connection to the server (the holder's
+    renewals wait unanswered) for most of a lease: guarded() stops the body
+    within 2/3 of the lease, and the waiting process gets the lock only
+    after that, with a higher fence."""
+    ttl = 1.5
+    client = aioredis.Redis.from_url(private_server.url)
+    holder = RedisLock(client, unique_name, lease_ttl=ttl)
+    events: dict[str, float] = {}
+    waiter: LockHolder | None = None
+    try:
+
+        async def body() -> None:
+            async with holder.guarded(timeout=5) as fence:
+                events["fence"] = fence
+                await wait_until(lambda: "waiting" in events, timeout=20)
+                private_server.cli("CLIENT", "PAUSE", str(int(ttl * 900)), "ALL")
+                events["paused"] = time.monotonic()
+                await asyncio.sleep(30)
+
+        running = asyncio.ensure_future(body())
+        await wait_until(lambda: "fence" in events, timeout=10)
+        waiter = lock_holders(private_server.url, unique_name, ttl)
+        await wait_until(lambda: _queued(client, unique_name), timeout=20)
+        events["waiting"] = time.monotonic()
+        with pytest.raises(RedisLockLeaseLostError, match="stopped"):
+            await asyncio.wait_for(running, 10)
+        stepped_down = time.monotonic()
+        assert stepped_down - events["paused"] <= ttl * 2 / 3 + 0.5
+        fence = await waiter.held(timeout=20)
+        assert fence > events["fence"]
+        assert waiter.at > stepped_down, "the other process got in before the holder stepped down"
+    finally:
+        if waiter is not None:
+            waiter.stop()
+        await holder.close()
+        await client.aclose()
+
+
+async def _queued(client: aioredis.Redis, name: str) -> bool:
+    return bool(await client.zcard(lock_keys(name).key("waiters")))
 
 
 async def test_guarded_returns_the_lock_when_the_body_ends(

@@ -44,6 +44,7 @@ import heapq
 import os
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class Interval:
     closed_by: str  # "EXIT", "KILL" or "GONE"
     #: The lock's fence of this hold (0 for the semaphore's).
     fence: int = 0
+    #: For the read-write lock: "read" or "write".
+    side: str = ""
 
 
 @dataclass
@@ -100,6 +103,11 @@ class Observation:
     lock_max_holders: int = 0
     #: Holds of the lock whose fence was not above that of a hold that ended before.
     fence_violations: list[str] = field(default_factory=list)
+    rw_reads: int = 0
+    rw_writes: int = 0
+    rw_max_writers: int = 0
+    #: Episodes with a read beside a writer, or two writers.
+    rw_overlaps: int = 0
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -160,6 +168,8 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
 
     intervals: list[Interval] = []
     lock_intervals: list[Interval] = []
+    #: The read-write lock's holds: "Q" reads, "X" writes.
+    rw_intervals: list[Interval] = []
     enters: list[int] = []
     lost_times: list[tuple[int, str]] = []
     for path in sorted(base.glob("w*.log")):
@@ -167,6 +177,7 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
         records = read_ledger(path)
         opened: dict[str, int] = {}
         locked: dict[str, tuple[int, int]] = {}
+        rw_open: dict[str, tuple[int, int, str]] = {}
         end = ends.get(worker)
         event_instance: str | None = None
         for rec in records:
@@ -196,6 +207,20 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
                     lock_intervals.append(
                         Interval(worker, rec.task, began[0], rec.t, "EXIT", began[1])
                     )
+            elif kind in ("QENTER", "XENTER"):
+                if rec.task in rw_open:
+                    obs.anomalies.append(f"{worker} {rec.task}: {kind} while already holding")
+                side = "read" if kind == "QENTER" else "write"
+                fence = int(rec.arg) if rec.arg.isdigit() else 0
+                rw_open[rec.task] = (rec.t, fence, side)
+                enters.append(rec.t)
+            elif kind in ("QEXIT", "XEXIT"):
+                began_rw = rw_open.pop(rec.task, None)
+                if began_rw is None:
+                    obs.anomalies.append(f"{worker} {rec.task}: {kind} without its ENTER")
+                else:
+                    t0, fence, side = began_rw
+                    rw_intervals.append(Interval(worker, rec.task, t0, rec.t, "EXIT", fence, side))
             elif kind == "A":
                 obs.attempts[_classify_timeout(rec.arg)] += 1
             elif kind == "T":
@@ -227,6 +252,10 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
             lock_intervals.append(
                 Interval(worker, task, entered, max(entered, end[0]), end[1], fence)
             )
+        for task, (entered, fence, side) in rw_open.items():
+            rw_intervals.append(
+                Interval(worker, task, entered, max(entered, end[0]), end[1], fence, side)
+            )
         if event_instance is None:
             if any(r.kind == "SEM" for r in records):
                 obs.event_instances_known = False
@@ -236,6 +265,7 @@ def observe(ledger_dir: str | os.PathLike[str], count: int, lease_ttl: float) ->
     obs.intervals = len(intervals)
     _sweep(obs, intervals, count, faults, lost_times, lease_ttl)
     _observe_lock(obs, lock_intervals, faults, lost_times, lease_ttl)
+    _observe_rwlock(obs, rw_intervals, faults, lost_times, lease_ttl)
 
     # -- recovery after killed holders --
     by_worker: dict[str, list[Interval]] = defaultdict(list)
@@ -297,7 +327,11 @@ def _observe_lock(
         episode["primitive"] = "lock"
     obs.episodes.extend(lock.episodes)
     obs.anomalies.extend(lock.anomalies)
-    # Every hold must carry a fence above those of all holds that ended before it.
+    _fence_order(obs, intervals, "lock")
+
+
+def _fence_order(obs: Observation, intervals: list[Interval], what: str) -> None:
+    """Every hold must carry a fence above those of all holds that ended before it."""
     ended: list[tuple[int, int]] = []  # (exit, fence), a heap by exit
     highest = 0
     for iv in sorted(intervals, key=lambda iv: iv.enter):
@@ -305,9 +339,50 @@ def _observe_lock(
             highest = max(highest, heapq.heappop(ended)[1])
         if iv.fence <= highest:
             obs.fence_violations.append(
-                f"{iv.worker} {iv.task}: fence {iv.fence} after a hold with fence {highest}"
+                f"{what}: {iv.worker} {iv.task}: fence {iv.fence} after a hold with fence {highest}"
             )
         heapq.heappush(ended, (iv.exit, iv.fence))
+
+
+def _observe_rwlock(
+    obs: Observation,
+    intervals: list[Interval],
+    faults: list[Record],
+    lost_times: list[tuple[int, str]],
+    lease_ttl: float,
+) -> None:
+    """The read-write lock's holds: one writer at a time, no read beside a
+    writer, and writer fences rising in hold order."""
+    writes = [iv for iv in intervals if iv.side == "write"]
+    obs.rw_reads = len(intervals) - len(writes)
+    obs.rw_writes = len(writes)
+    rw = Observation(storm_start=obs.storm_start)
+
+    def crowded(live: set[int]) -> bool:
+        writers = sum(1 for idx in live if intervals[idx].side == "write")
+        return writers > 1 or (writers == 1 and len(live) > 1)
+
+    _sweep(rw, intervals, 1, faults, lost_times, lease_ttl, crowded)
+    obs.rw_max_writers = _max_overlap(writes)
+    obs.rw_overlaps = rw.over_admissions
+    obs.over_admissions += rw.over_admissions
+    for episode in rw.episodes:
+        episode["primitive"] = "rwlock"
+    obs.episodes.extend(rw.episodes)
+    obs.anomalies.extend(rw.anomalies)
+    _fence_order(obs, writes, "rwlock writer")
+
+
+def _max_overlap(intervals: list[Interval]) -> int:
+    events = sorted(
+        [(iv.enter, 1) for iv in intervals] + [(iv.exit, -1) for iv in intervals],
+        key=lambda e: (e[0], e[1]),
+    )
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return peak
 
 
 def _sweep(
@@ -317,7 +392,10 @@ def _sweep(
     faults: list[Record],
     lost_times: list[tuple[int, str]],
     lease_ttl: float,
+    crowded: Callable[[set[int]], bool] | None = None,
 ) -> None:
+    """Sweep the holds in time order; an episode lasts while more than ``count``
+    are held at once (or while ``crowded(live)`` says the holds clash)."""
     events: list[tuple[int, int, int]] = []
     for idx, iv in enumerate(intervals):
         events.append((iv.enter, 1, idx))
@@ -335,7 +413,7 @@ def _sweep(
             live.discard(idx)
         n = len(live)
         obs.max_holders = max(obs.max_holders, n)
-        if n > count:
+        if (n > count) if crowded is None else crowded(live):
             if episode is None:
                 episode = {"start_ns": t, "peak": n}
                 involved = set(live)

@@ -89,6 +89,7 @@ class Options:
     socket_timeout: float | None = None
     sem_tasks: int = 4
     lock_tasks: int = 2
+    rw_tasks: int = 3
     waiters: int = 2
     setters: int = 1
     hold_max: float = 0.02
@@ -141,6 +142,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     p.add_argument("--sem-tasks", type=int, default=4, help="semaphore tasks per worker")
     p.add_argument("--lock-tasks", type=int, default=2, help="lock tasks per worker")
+    p.add_argument(
+        "--rw-tasks", type=int, default=3, help="read-write lock tasks per worker (1 in 3 writes)"
+    )
     p.add_argument("--waiters", type=int, default=2, help="event waiter tasks per worker")
     p.add_argument("--setters", type=int, default=1, help="event setter tasks per worker")
     p.add_argument("--hold-max", type=float, default=0.02, help="longest hold, seconds")
@@ -211,6 +215,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         socket_timeout=a.socket_timeout,
         sem_tasks=a.sem_tasks,
         lock_tasks=a.lock_tasks,
+        rw_tasks=a.rw_tasks,
         waiters=a.waiters,
         setters=a.setters,
         hold_max=a.hold_max,
@@ -758,6 +763,7 @@ class Run:
             "socket_timeout": socket_timeout,
             "sem_tasks": opts.sem_tasks,
             "lock_tasks": opts.lock_tasks,
+            "rw_tasks": opts.rw_tasks,
             "waiters": opts.waiters,
             "setters": opts.setters,
             "hold_max": opts.hold_max,
@@ -888,6 +894,7 @@ class Run:
         audit["pending_signals_before_drain"] = await pending_signals(inspect_client, self.keys)
         audit["functional"] = await asyncio.wait_for(self._functional_check(), 60)
         audit["lock"] = await asyncio.wait_for(self._lock_check(), 60)
+        audit["rwlock"] = await asyncio.wait_for(self._rwlock_check(), 60)
         audit["drained"] = await asyncio.wait_for(self._drain(), 60)
         # After the drain: what is left in the lanes' lists is not in the drained count.
         lanes = await asyncio.wait_for(event_lists(inspect_client, self.keys), 10)
@@ -950,6 +957,26 @@ class Run:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(lock.close(), 5)
+        return out
+
+    async def _rwlock_check(self) -> dict[str, Any]:
+        """A fresh instance takes the writer (once dead holders' leases ran out)
+        and then a read: nothing of the run is left held."""
+        from redsync import RedisReadWriteLock
+
+        client = await self._client("chaos-rwlock-verify")
+        rw = RedisReadWriteLock(client, self.sem_name, lease_ttl=self.opts.lease_ttl)
+        out: dict[str, Any] = {"fence": None, "error": None}
+        try:
+            out["fence"] = await rw.writer.acquire(timeout=2 * self.opts.lease_ttl + 5)
+            await rw.writer.release()
+            await rw.reader.acquire(timeout=5)
+            await rw.reader.release()
+        except Exception as exc:
+            out["error"] = repr(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(rw.close(), 5)
         return out
 
     async def _drain(self) -> int:
@@ -1112,6 +1139,10 @@ class Run:
             "max_holders": obs.max_holders,
             "lock_holds": obs.lock_intervals,
             "lock_max_holders": obs.lock_max_holders,
+            "rw_reads": obs.rw_reads,
+            "rw_writes": obs.rw_writes,
+            "rw_max_writers": obs.rw_max_writers,
+            "rw_overlaps": obs.rw_overlaps,
             "fence_violations": len(obs.fence_violations),
             "over_admissions": obs.over_admissions,
             "over_admissions_explained": len(explained_eps),
@@ -1201,11 +1232,20 @@ class Run:
             violations.append(f"a fresh instance could not take the lock: {lock_check['error']}")
         if obs.fence_violations:
             violations.append(
-                f"{len(obs.fence_violations)} lock hold(s) with a fence not above an "
+                f"{len(obs.fence_violations)} lock or writer hold(s) with a fence not above an "
                 f"earlier hold's: {'; '.join(obs.fence_violations[:3])}"
             )
         if obs.lock_intervals == 0 and opts.lock_tasks:
             violations.append("no lock hold was recorded")
+        rw_check = audit["rwlock"]
+        if rw_check["error"]:
+            violations.append(
+                f"a fresh instance could not take the read-write lock: {rw_check['error']}"
+            )
+        if opts.rw_tasks and (obs.rw_reads == 0 or (obs.rw_writes == 0 and opts.rw_tasks > 0)):
+            violations.append(
+                f"too few read-write lock holds: {obs.rw_reads} reads, {obs.rw_writes} writes"
+            )
         if functional["extra_acquired"]:
             violations.append(f"a fresh instance could take {opts.count + 1} permits")
         if signals_dup:
@@ -1404,6 +1444,10 @@ def format_table(s: dict[str, Any], title: str) -> str:
             "lock holds / max holders / fence violations",
             f"{s['lock_holds']} / {s['lock_max_holders']} / {s['fence_violations']}",
         ),
+        (
+            "rwlock reads / writes / max writers / clashes",
+            f"{s['rw_reads']} / {s['rw_writes']} / {s['rw_max_writers']} / {s['rw_overlaps']}",
+        ),
         ("permits lost / duplicated", f"{s['permits_lost']} / {s['permits_duplicated']}"),
         ("signals lost / duplicated", f"{s['signals_lost']} / {s['signals_duplicated']}"),
         (
@@ -1449,6 +1493,7 @@ _SUM_KEYS_SKIP = {
     "lease_ttl",
     "max_holders",
     "lock_max_holders",
+    "rw_max_writers",
     "kill_recovery_bound",
     "kill_recovery_p50",
     "kill_recovery_max",
@@ -1481,6 +1526,7 @@ def totals(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     out["lease_ttl"] = summaries[0]["lease_ttl"]
     out["max_holders"] = max(s["max_holders"] for s in summaries)
     out["lock_max_holders"] = max(s.get("lock_max_holders", 0) for s in summaries)
+    out["rw_max_writers"] = max(s.get("rw_max_writers", 0) for s in summaries)
     out["kill_recovery_bound"] = summaries[0]["kill_recovery_bound"]
     kr = out.get("kill_recovery_samples", [])
     br = out.get("big_recovery_samples", [])

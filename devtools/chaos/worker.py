@@ -10,11 +10,14 @@ that the observer can check the library from the outside:
   hold lies inside the time the permit is really held.
 * ``SO`` follows a ``set()`` that returned; ``WO`` a ``wait()`` that returned.
 * ``LENTER <fence>`` / ``LEXIT`` are the same for the ``RedisLock`` (named
-  like the semaphore, so its keys share the semaphore's slot and node).
+  like the semaphore, so its keys share the semaphore's slot and node);
+  ``QENTER`` / ``QEXIT`` for a read of the ``RedisReadWriteLock`` of that
+  name, ``XENTER <fence>`` / ``XEXIT`` for its writer.
 
 Tasks: ``sem_tasks`` semaphore loops (random timeouts: none, tiny, zero,
 moderate; ``async with`` or explicit acquire/release; holds of 0 to
-``hold_max`` seconds), ``lock_tasks`` lock loops alike, ``setters`` and
+``hold_max`` seconds), ``lock_tasks`` lock loops alike, ``rw_tasks``
+read-write lock loops (every third one a writer), ``setters`` and
 ``waiters`` for the event, and one
 canceller that cancels random tasks at random moments (recording the phase
 each was in) and lets their supervisor start a fresh one.
@@ -90,16 +93,19 @@ class Worker:
         self.current: dict[str, tuple[TaskState, asyncio.Task[None]]] = {}
         self.sem: Any = None
         self.lock: Any = None
+        self.rw: Any = None
         self.event: Any = None
         self.set_seq = 0
 
     def rec(self, kind: str, task: str = "-", arg: object = "") -> None:
         self.ledger.rec(kind, task, arg)
 
-    def _disturb_notices(self) -> None:
-        """Lose or delay some hand-off notices (through the semaphore's private
-        notice hook, looked up when its subscription is made)."""
-        deliver = getattr(self.sem, "_pushed", None)
+    def _disturb_notices(self, sem: Any, hook: str = "_pushed") -> None:
+        """Lose or delay some hand-off notices (through a primitive's private
+        notice hook, looked up when its subscription is made): the
+        semaphore's, the lock's and the read-write lock's gate's, and the
+        read-write lock's "the last read left"."""
+        deliver = getattr(sem, hook, None)
         if deliver is None:
             return
         loop = asyncio.get_running_loop()
@@ -115,17 +121,17 @@ class Worker:
             else:
                 # Which server the listener reads (internal detail): a notice
                 # taken from a node that no longer serves the slot is a lead.
-                listener = getattr(getattr(self.sem, "_sub", None), "_listener", None)
+                listener = getattr(getattr(sem, "_sub", None), "_listener", None)
                 port = getattr(getattr(listener, "_conn", None), "port", None)
                 self.rec("NOTICE", "-", f"ok {port} {data}")
                 deliver(data)
 
-        self.sem._pushed = disturbed
+        setattr(sem, hook, disturbed)
 
     # -- main ----------------------------------------------------------------
 
     async def run(self) -> None:
-        from redsync import RedisEvent, RedisLock, RedisSemaphore
+        from redsync import RedisEvent, RedisLock, RedisReadWriteLock, RedisSemaphore
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -164,8 +170,6 @@ class Worker:
         self.sem = attaching.result()
         self.rec("SEM", "-", self.sem.instance_id)
         self.sem.add_lease_lost_callback(self._lease_lost)
-        if spec.get("notice_faults", True):
-            self._disturb_notices()
         self.event = RedisEvent(
             client, spec["event_name"], **replica_kwargs(RedisEvent.__init__, replicas)
         )
@@ -176,6 +180,21 @@ class Worker:
             **replica_kwargs(RedisLock.__init__, replicas),
         )
         self.lock.add_lease_lost_callback(self._lock_lost)
+        self.rw = RedisReadWriteLock(
+            client,
+            spec["sem_name"],
+            lease_ttl=spec["lease_ttl"],
+            **replica_kwargs(RedisReadWriteLock.__init__, replicas),
+        )
+        self.rw.add_lease_lost_callback(self._rw_lost)
+        if spec.get("notice_faults", True):
+            self._disturb_notices(self.sem)
+            for own in (self.lock, self.rw._gate):
+                try:  # made now, so that their notices can be disturbed too
+                    self._disturb_notices(await own._semaphore())
+                except Exception as exc:
+                    self.rec("E", "-", f"lock setup {exc!r}")
+            self._disturb_notices(self.rw, "_notice")
         event_instance = _event_instance(self.event)
         if event_instance is not None:
             self.rec("EVQ", "-", event_instance)
@@ -188,6 +207,15 @@ class Worker:
             *(
                 asyncio.ensure_future(self._supervise(f"l{i}", "lock", self._lock_loop))
                 for i in range(spec.get("lock_tasks", 0))
+            ),
+            *(
+                # One writer loop for every two reader loops.
+                asyncio.ensure_future(
+                    self._supervise(
+                        f"r{i}", "rw", self._writer_loop if i % 3 == 0 else self._reader_loop
+                    )
+                )
+                for i in range(spec.get("rw_tasks", 0))
             ),
             *(
                 asyncio.ensure_future(self._supervise(f"w{i}", "wait", self._wait_loop))
@@ -215,6 +243,7 @@ class Worker:
         for closing in (
             self.sem.close(),
             self.lock.close(),
+            self.rw.close(),
             self.event.close(),
             close_client(client),
         ):
@@ -236,6 +265,10 @@ class Worker:
         holding = [s.name for s, _ in self.current.values() if s.holding and s.role == "lock"]
         self.rec("L", "-", "lock " + (",".join(holding) or "none"))
 
+    def _rw_lost(self) -> None:
+        holding = [s.name for s, _ in self.current.values() if s.holding and s.role == "rw"]
+        self.rec("L", "-", "rwlock " + (",".join(holding) or "none"))
+
     async def _supervise(
         self, key: str, role: str, body: Callable[[TaskState], Awaitable[None]]
     ) -> None:
@@ -254,7 +287,9 @@ class Worker:
         while True:
             await asyncio.sleep(self.rng.uniform(lo, hi))
             roll = self.rng.random()
-            role = "sem" if roll < 0.6 else "lock" if roll < 0.8 else "wait"
+            role = (
+                "sem" if roll < 0.5 else "lock" if roll < 0.65 else "rw" if roll < 0.8 else "wait"
+            )
             role = role if roll < 0.93 else "set"
             choices = [(s, t) for s, t in self.current.values() if s.role == role]
             if not choices:
@@ -298,6 +333,28 @@ class Worker:
         errors = (RedisLockTimeoutError, RedisLockLeaseLostError)
         await self._holder_loop(st, self.lock, "L", errors, RedisLockNotAcquiredError, str)
 
+    async def _reader_loop(self, st: TaskState) -> None:
+        from redsync import (
+            RedisLockLeaseLostError,
+            RedisLockNotAcquiredError,
+            RedisLockTimeoutError,
+        )
+
+        errors = (RedisLockTimeoutError, RedisLockLeaseLostError)
+        await self._holder_loop(
+            st, self.rw.reader, "Q", errors, RedisLockNotAcquiredError, lambda _: ""
+        )
+
+    async def _writer_loop(self, st: TaskState) -> None:
+        from redsync import (
+            RedisLockLeaseLostError,
+            RedisLockNotAcquiredError,
+            RedisLockTimeoutError,
+        )
+
+        errors = (RedisLockTimeoutError, RedisLockLeaseLostError)
+        await self._holder_loop(st, self.rw.writer, "X", errors, RedisLockNotAcquiredError, str)
+
     async def _holder_loop(
         self,
         st: TaskState,
@@ -308,7 +365,8 @@ class Worker:
         enter_arg: Callable[[Any], str],
     ) -> None:
         """Acquire, hold, release ``primitive`` in a loop; ``prefix`` starts every
-        record kind ("" for the semaphore, "L" for the lock); ``enter_arg`` makes
+        record kind ("" for the semaphore, "L" for the lock, "Q" for a read and
+        "X" for the writer of the read-write lock); ``enter_arg`` makes
         the ENTER argument of what ``acquire()`` returned."""
         timeout_error, lost_error = errors
         hold_max = self.spec["hold_max"]
