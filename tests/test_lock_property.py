@@ -111,7 +111,7 @@ async def _act(world: World, side: Any, kind: str, wait: str | int, held: int, d
 
 @pytest.mark.timeout(120)
 @settings(
-    max_examples=30,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     database=None,
