@@ -658,54 +658,89 @@ async def run_permits(spec: dict[str, Any]) -> dict[str, Any]:
 async def run_rwlock(spec: dict[str, Any]) -> dict[str, Any]:
     """The read-write lock: ``tasks`` tasks (one instance each) with a
     ``cs``-second critical section, all readers, then all writers, for
-    ``duration`` s each (throughput); then a writer arriving ``writers``
-    times behind a steady stream of those readers, timed from its
-    ``acquire()`` until it is in."""
+    ``duration`` s each (throughput); then a writer in another process
+    (``benchmarks/rw_writer.py``) arriving ``writers`` times behind a steady
+    stream of those readers (all of them taking their reads without
+    queueing), timed from its ``acquire()`` until it is in."""
     from redsync import RedisReadWriteLock
 
     tasks, cs, duration = int(spec["tasks"]), float(spec["cs"]), float(spec["duration"])
     client = async_client(spec["port"], "bench-rwlock")
     locks = [RedisReadWriteLock(client, spec["name"], lease_ttl=30.0) for _ in range(tasks)]
-    writer = RedisReadWriteLock(client, spec["name"], lease_ttl=30.0)
+    holds: list[tuple[float, float, float]] = []  # (asked, in, out) of streaming readers
 
-    async def one(rw: RedisReadWriteLock, write: bool, until: float) -> int:
+    async def one(rw: RedisReadWriteLock, write: bool, until: float, log: bool = False) -> int:
         done = 0
         side: Any = rw.writer if write else rw.reader
-        while time.perf_counter() < until:
+        while time.monotonic() < until:
+            asked = time.monotonic()
             async with side:
+                began = time.monotonic()
                 await asyncio.sleep(cs)
+                if log:
+                    holds.append((asked, began, time.monotonic()))
             done += 1
         return done
 
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.rw_writer",
+        str(spec["port"]),
+        spec["name"],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    waits: list[float] = []
+    overtaken = 0
     try:
         for rw in locks:  # first use creates the gate: not part of the figures
             async with rw.reader:
                 pass
         rates = {}
         for write in (False, True):
-            until = time.perf_counter() + duration
+            until = time.monotonic() + duration
             counts = await asyncio.gather(*(one(rw, write, until) for rw in locks))
             rates["writers" if write else "readers"] = sum(counts) / duration
-        # A writer behind a stream of readers.
-        waits: list[float] = []
-        stop = time.perf_counter() + 3600
-        stream = [asyncio.ensure_future(one(rw, False, stop)) for rw in locks]
+        stop = time.monotonic() + 3600
+        stream = [asyncio.ensure_future(one(rw, False, stop, True)) for rw in locks]
         try:
             for _ in range(int(spec["writers"])):
-                await asyncio.sleep(5 * cs)  # the readers are streaming again
-                asked = time.perf_counter()
-                async with writer.writer:
-                    waits.append(time.perf_counter() - asked)
+                # The stream again: the readers that queued behind the last
+                # writer have passed the gate (one by one), and every reader
+                # takes its read without queueing.
+                while any(rw._gate._waiting for rw in locks):  # noqa: ASYNC110
+                    await asyncio.sleep(cs)
+                await asyncio.sleep(5 * cs)
+                writer.stdin.write(b"go\n")
+                await writer.stdin.drain()
+                line = await asyncio.wait_for(writer.stdout.readline(), 30)
+                asked, registered, got = map(float, line.split())
+                waits.append(got - asked)
+                # Reads that asked after the writer's entry was registered (so
+                # after it in the server's order), yet got in before it.
+                overtaken += sum(1 for a, began, _ in holds if registered < a and began < got)
         finally:
             for task in stream:
                 task.cancel()
             await asyncio.gather(*stream, return_exceptions=True)
     finally:
-        for rw in [*locks, writer]:
+        if writer.returncode is None:
+            writer.stdin.write(b"stop\n")
+            await writer.stdin.drain()
+            try:
+                await asyncio.wait_for(writer.wait(), 10)
+            except asyncio.TimeoutError:
+                writer.kill()
+        for rw in locks:
             await rw.close()
         await client.aclose()
     waits.sort()
+    spans = sorted(out - began for _, began, out in holds)
     return {
+        "read_hold_p50": spans[len(spans) // 2],
+        "reads_overtaking_writers": overtaken,
         "readers_throughput": rates["readers"],
         "writers_throughput": rates["writers"],
         "ratio": rates["readers"] / rates["writers"],

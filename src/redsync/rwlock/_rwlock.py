@@ -51,7 +51,8 @@ __all__ = ["ReadWriteLockStatistics", "RedisReadWriteLock"]
 log = logging.getLogger("redsync")
 
 SCRIPTS = {
-    name: Script("redsync.rwlock", name) for name in ("enter", "join", "leave", "drain", "renew")
+    name: Script("redsync.rwlock", name)
+    for name in ("enter", "join", "leave", "drain", "renew", "want")
 }
 #: A drain looks again at least this often when no notice can reach it
 #: (the server or user cannot subscribe), as a share of ``lease_ttl``.
@@ -94,10 +95,14 @@ class _Read:
 
 @dataclass(eq=False)
 class _Write:
-    """The writer, as held through this instance."""
+    """A writer of this instance: registered in ``writers`` while it waits
+    and while it holds the lock."""
 
+    member: str
     owner: object
-    fence: int
+    fence: int = 0
+    holding: bool = False
+    lost: bool = False
 
 
 class RedisReadWriteLock:
@@ -147,12 +152,15 @@ class RedisReadWriteLock:
         self._keys = KeySpace(self._gate._prefix, name)
         self._link = self._gate._link
         self._readers_key = self._keys.key("readers")
+        self._writers_key = self._keys.key("writers")
         self._drain_key = self._keys.key("drain")
         self._instance = uuid.uuid4().hex[:16]
         self._numbers = itertools.count(1)
         self._reads: dict[str, _Read] = {}
         self._read_of: dict[object, _Read] = {}
         self._write: _Write | None = None
+        #: Writers of this instance registered in ``writers`` (waiting or holding).
+        self._wants: dict[str, _Write] = {}
         self._waiting = 0
         self._closed = False
         self._leases_lost = 0
@@ -185,7 +193,7 @@ class RedisReadWriteLock:
         read = _Read(member, owner)
         self._waiting += 1
         try:
-            if await self._enter(member, sem._keys.key("pool"), sem._keys.key("waiters")):
+            if await self._enter(member, sem._keys.key("meta")):
                 self._add_read(read)
                 return
             loop = asyncio.get_running_loop()
@@ -203,8 +211,8 @@ class RedisReadWriteLock:
         finally:
             self._waiting -= 1
 
-    async def _enter(self, member: str, pool: str, waiters: str) -> bool:
-        keys = [self._readers_key, pool, waiters]
+    async def _enter(self, member: str, meta: str) -> bool:
+        keys = [self._readers_key, self._writers_key, meta]
         reply = await retrying(
             lambda _: self._link.script(SCRIPTS["enter"], keys, [member, self._ttl_ms]),
             what="read-write lock enter",
@@ -245,10 +253,18 @@ class RedisReadWriteLock:
         read.confirmed = asyncio.get_running_loop().time()
         self._reads[read.member] = read
         self._read_of[read.owner] = read
+        self._keep_renewing()
+
+    def _keep_renewing(self) -> None:
         if self._renewal is None or self._renewal.stopped:
             self._renewal = renewer().add(
-                self, self.lease_ttl / 3, f"read-write lock {self.name!r} reads"
+                self, self.lease_ttl / 3, f"read-write lock {self.name!r} leases"
             )
+
+    def _maybe_stop_renewing(self) -> None:
+        if not self._reads and not self._wants and self._renewal is not None:
+            renewal, self._renewal = self._renewal, None
+            self._spawn(renewal.stop())
 
     def _undo_read(self, read: _Read) -> None:
         """Take back a read whose acquisition did not complete, without waiting."""
@@ -260,9 +276,7 @@ class RedisReadWriteLock:
         self._reads.pop(read.member, None)
         if self._read_of.get(read.owner) is read:
             del self._read_of[read.owner]
-        if not self._reads and self._renewal is not None:
-            renewal, self._renewal = self._renewal, None
-            self._spawn(renewal.stop())
+        self._maybe_stop_renewing()
 
     async def _unread(self, owner: object) -> None:
         read = self._read_of.get(owner)
@@ -313,23 +327,53 @@ class RedisReadWriteLock:
                 f"read-write lock {self.name!r}: this task holds a read, and asking for the "
                 "writer would wait for itself; release the read first"
             )
+        await self._gate._semaphore()
         loop = asyncio.get_running_loop()
         deadline = None if wait is None else loop.time() + wait
+        write = _Write(f"{self._instance}.w{next(self._numbers)}", owner)
         self._waiting += 1
         try:
+            # Registered first: from now on readers queue behind this writer.
+            await self._want(write)
             while True:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 fence = await self._gate._acquire_for(owner, left)
                 try:
                     if await self._drain(deadline):
-                        self._write = _Write(owner, fence)
+                        write.fence, write.holding = fence, True
+                        self._write = write
                         return fence
                 except BaseException:
                     self._gate._release_later()
                     raise
                 # The gate's lease ran out while draining: queue again.
+        except BaseException:
+            self._unwant(write)
+            raise
         finally:
             self._waiting -= 1
+
+    async def _want(self, write: _Write) -> None:
+        self._wants[write.member] = write
+        self._keep_renewing()
+        await retrying(
+            lambda _: self._link.script(
+                SCRIPTS["want"], [self._writers_key], [write.member, self._ttl_ms]
+            ),
+            what="read-write lock want",
+        )
+
+    def _unwant(self, write: _Write) -> None:
+        """Take back a writer's entry without waiting (it gave up, or is done)."""
+        if self._wants.pop(write.member, None) is not None:
+            self._maybe_stop_renewing()
+        self._spawn(self._forget_writer(write.member))
+
+    async def _forget_writer(self, member: str) -> None:
+        await retrying(
+            lambda _: self._link.pipeline([("ZREM", self._writers_key, member)]),
+            what="read-write lock unwant",
+        )
 
     async def _drain(self, deadline: float | None) -> bool:
         """Wait, holding the gate, until no live read is left.  True when
@@ -382,10 +426,13 @@ class RedisReadWriteLock:
         self._write = None
         try:
             await self._gate.release()
-        except RedisLockLeaseLostError:
+        except (RedisLockLeaseLostError, RedisLockNotAcquiredError):
+            # Taken back (or found lost and given back already).
             raise self._lost_error("writer") from None
-        except RedisLockNotAcquiredError:  # found lost and given back already
-            raise self._lost_error("writer") from None
+        finally:
+            self._unwant(write)
+        if write.lost:
+            raise self._lost_error("writer")
 
     async def _end_write_block(self, owner: object) -> None:
         """The end of a ``with`` block on the writer: release the writer, or the
@@ -402,7 +449,7 @@ class RedisReadWriteLock:
 
     def _owns_write(self, owner: object) -> bool:
         write = self._write
-        return write is not None and write.owner is owner and self._gate_held()
+        return write is not None and write.owner is owner and not write.lost and self._gate_held()
 
     def _write_fence(self, owner: object) -> int | None:
         write = self._write
@@ -422,6 +469,8 @@ class RedisReadWriteLock:
         except BaseException:
             self._undo_read(read)  # cancelled or failed: the caller holds nothing
             raise
+        finally:
+            self._unwant(write)
         if not joined:
             raise self._lost_error("writer")
 
@@ -452,19 +501,20 @@ class RedisReadWriteLock:
 
     # -- renewal (one batch in the process's shared round trip) ------------------
 
+    def _renew_args(self) -> tuple[list[str], list[str], list[Any]]:
+        reads = list(self._reads)
+        wants = [(m, "h" if w.holding else "w") for m, w in self._wants.items()]
+        keys = [self._readers_key, self._gate._keys.key("meta"), self._writers_key]
+        args: list[Any] = [self._ttl_ms, len(reads), *reads]
+        for member, mode in wants:
+            args += [member, mode]
+        return reads, keys, args
+
     async def _renew_batch(self) -> Batch | None:
-        if not self._reads:
+        if not self._reads and not self._wants:
             return Batch(self._link, [], self._nothing_done, inline=True)
-        members = list(self._reads)
-        keys = [self._readers_key, self._gate._keys.key("meta")]
-        command: Command = (
-            "EVALSHA",
-            SCRIPTS["renew"].sha,
-            len(keys),
-            *keys,
-            self._ttl_ms,
-            *members,
-        )
+        reads, keys, args = self._renew_args()
+        command: Command = ("EVALSHA", SCRIPTS["renew"].sha, len(keys), *keys, *args)
         sent = asyncio.get_running_loop().time()
 
         async def done(replies: list[Any] | BaseException, now: int) -> None:
@@ -478,7 +528,7 @@ class RedisReadWriteLock:
                     return
                 self._renewal_failed(sent)
                 raise reply
-            self._renewed(members, [text(m) for m in reply], sent)
+            self._renewed(reads, [text(m) for m in reply], sent)
 
         return Batch(self._link, [command], done)
 
@@ -486,17 +536,16 @@ class RedisReadWriteLock:
         return None
 
     async def _renew_tick(self) -> None:
-        members = list(self._reads)
-        if not members:
+        if not self._reads and not self._wants:
             return
+        reads, keys, args = self._renew_args()
         sent = asyncio.get_running_loop().time()
-        keys = [self._readers_key, self._gate._keys.key("meta")]
         try:
-            reply = await self._link.script(SCRIPTS["renew"], keys, [self._ttl_ms, *members])
+            reply = await self._link.script(SCRIPTS["renew"], keys, args)
         except Exception:
             self._renewal_failed(sent)
             raise
-        self._renewed(members, [text(m) for m in reply], sent)
+        self._renewed(reads, [text(m) for m in reply], sent)
 
     def _renewed(self, members: list[str], lost: list[str], sent: float) -> None:
         for member in members:
@@ -507,6 +556,10 @@ class RedisReadWriteLock:
             read = self._reads.get(member)
             if read is not None and not read.lost:
                 read.lost = True
+                self._count_lost()
+            write = self._wants.get(member)
+            if write is not None and write.holding and not write.lost:
+                write.lost = True
                 self._count_lost()
 
     def _renewal_failed(self, sent: float) -> None:
@@ -521,7 +574,9 @@ class RedisReadWriteLock:
 
     def _gate_lost(self) -> None:
         self._drained.set()  # a drain in progress looks again, and finds it out
-        if self._write is not None:
+        write = self._write
+        if write is not None and not write.lost:
+            write.lost = True
             self._count_lost()
 
     def _count_lost(self) -> None:
