@@ -520,3 +520,108 @@ def test_read_write_ownership_is_the_thread(redis_url: str, unique_name: str) ->
             rw.writer.release()
     finally:
         rw.close()
+
+
+_TAKE = {
+    "lock": ("Lock", "held = Lock(client, {name!r}, lease_ttl=2); take = held.acquire"),
+    "writer": (
+        "ReadWriteLock",
+        "held = ReadWriteLock(client, {name!r}, lease_ttl=2); take = held.writer.acquire",
+    ),
+    "reader": (
+        "ReadWriteLock",
+        "held = ReadWriteLock(client, {name!r}, lease_ttl=2); take = held.reader.acquire",
+    ),
+}
+
+
+def _lock_held_in_a_thread_then_killed(source: str, make_client: str, name: str, kind: str) -> None:
+    cls, build = _TAKE[kind]
+    proc = subprocess.Popen(
+        _script(f"""
+            import threading, time
+            {make_client}
+            from redsync.sync import {cls}
+            {build.format(name=name)}
+            def hold():
+                take()
+                print("held", flush=True)
+            t = threading.Thread(target=hold)
+            t.start(); t.join()
+            time.sleep(60)
+        """),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "held"
+        after: Any = (Lock if cls == "Lock" else ReadWriteLock)(_source(source), name, lease_ttl=2)
+        try:
+            taking = after.acquire if cls == "Lock" else after.writer.acquire
+            with pytest.raises(RedisLockTimeoutError):
+                taking(timeout=0.3)  # held by the other process's thread
+            proc.kill()
+            proc.wait(10)
+            killed_at = time.monotonic()
+            taking(timeout=15)
+            assert time.monotonic() - killed_at < 2 * 1.4 + 1.5
+        finally:
+            after.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("kind", sorted(_TAKE))
+def test_a_sigkilled_process_holding_a_lock_in_a_thread_frees_it(
+    redis_url: str, unique_name: str, kind: str
+) -> None:
+    make = f"import redis; client = redis.Redis.from_url({redis_url!r})"
+    _lock_held_in_a_thread_then_killed(redis_url, make, unique_name, kind)
+
+
+@pytest.mark.parametrize("kind", sorted(_TAKE))
+def test_the_same_for_locks_on_a_cluster(
+    shared_cluster: ClusterTopology, unique_name: str, kind: str
+) -> None:
+    url = shared_cluster.startup_url
+    make = f"from redis.cluster import RedisCluster; client = RedisCluster.from_url({url!r})"
+    _lock_held_in_a_thread_then_killed(f"cluster:{url}", make, unique_name, kind)
+
+
+def test_a_forked_child_gets_working_locks_and_none_of_its_parents_holds(
+    sync_client: redis.Redis, unique_name: str
+) -> None:
+    lock = Lock(sync_client, unique_name, lease_ttl=5)
+    rw = ReadWriteLock(sync_client, unique_name, lease_ttl=5)
+    try:
+        fence = lock.acquire()
+        rw.writer.acquire()
+        pid = os.fork()
+        if pid == 0:  # the child
+            faulthandler.dump_traceback_later(30, exit=True)  # never hang the suite
+            status = 1
+            try:
+                held_nothing = not lock.owned() and not rw.writer.owned()
+                try:
+                    lock.release()
+                except RedisLockNotAcquiredError:
+                    try:
+                        rw.writer.release()
+                    except RedisLockNotAcquiredError:
+                        try:
+                            lock.acquire(timeout=0.3)  # the parent holds it: a timeout
+                        except RedisLockTimeoutError:
+                            status = 0 if held_nothing else 1
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert lock.owned() and lock.fence == fence and rw.writer.owned()
+        lock.release()
+        rw.writer.release()
+        assert not lock.locked() and rw.statistics().gate_held is False
+    finally:
+        lock.close()
+        rw.close()
