@@ -36,6 +36,8 @@ from helpers import assert_permits
 from redsync import (
     RedisEvent,
     RedisEventTimeoutError,
+    RedisLock,
+    RedisReadWriteLock,
     RedisSemaphore,
     RedisSemaphoreTimeoutError,
     SemaphoreInitStrategy,
@@ -422,3 +424,41 @@ async def assert_permits_eventually(deployment: Deployment, name: str, prefix: s
         return True
 
     await wait_until(back, timeout=5, message="the permit is back in the pool")
+
+
+# ---------------------------------------------------------------------------- locks
+
+
+async def test_locks_hand_off_and_drain_for_a_restricted_user(
+    deployment: Deployment, warnings_seen: Callable[[], list[str]], unique_name: str
+) -> None:
+    """A lock handed from holder to waiter, and a writer drained by the notice of
+    the last read leaving: every deployment, the ACL user without @dangerous
+    included, with no warning and no refused command."""
+    prefix = deployment.prefix
+    holder = RedisLock(deployment.client(), unique_name, key_prefix=prefix, lease_ttl=5)
+    waiter = RedisLock(deployment.client(), unique_name, key_prefix=prefix, lease_ttl=5)
+    reader = RedisReadWriteLock(deployment.client(), unique_name, key_prefix=prefix, lease_ttl=5)
+    writer = RedisReadWriteLock(deployment.client(), unique_name, key_prefix=prefix, lease_ttl=5)
+    try:
+        fence = await holder.acquire(timeout=5)
+        taking = asyncio.ensure_future(waiter.acquire(timeout=20))
+        await wait_until(lambda: waiter._waiting == 1, timeout=5)
+        await holder.release()
+        assert await asyncio.wait_for(taking, 10) > fence
+        await waiter.release()
+
+        await reader.reader.acquire(timeout=5)
+        writing = asyncio.ensure_future(writer.writer.acquire(timeout=20))
+        await wait_until(lambda: writer._gate._hold is not None, timeout=5)  # draining
+        assert not writing.done()
+        await reader.reader.release()
+        await asyncio.wait_for(writing, 10)
+        assert writer._sub is not None and writer._sub.active, "no notice channel"
+        await writer.writer.release()
+        assert_clean(deployment, warnings_seen)
+    finally:
+        for lock in (holder, waiter):
+            await lock.close()
+        for rw in (reader, writer):
+            await rw.close()
