@@ -425,6 +425,11 @@ class RedisReadWriteLock:
             )
         self._write = None
         try:
+            hold = self._gate._hold
+            if hold is None or hold.owner is not write.owner:
+                # The writer's gate was lost and given back (the gate may be
+                # a reader's of this instance now, passing through).
+                raise self._lost_error("writer")
             await self._gate.release()
         except (RedisLockLeaseLostError, RedisLockNotAcquiredError):
             # Taken back (or found lost and given back already).
@@ -464,6 +469,10 @@ class RedisReadWriteLock:
             )
         read = _Read(f"{self._instance}.{next(self._numbers)}", write.owner, downgraded=True)
         self._write = None
+        hold = self._gate._hold
+        if hold is None or hold.owner is not write.owner:  # the writer's gate was lost
+            self._unwant(write)
+            raise self._lost_error("writer")
         try:
             joined = await self._join_through_gate(read)
         except BaseException:
