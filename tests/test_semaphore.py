@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,6 +13,7 @@ from devtools import wait_until
 from helpers import assert_permits, keys_of, keyspace
 from redsync import (
     RedisSemaphore,
+    RedisSemaphoreClosedError,
     RedisSemaphoreNotAcquiredError,
     RedisSemaphoreTimeoutError,
     SemaphoreInitStrategy,
@@ -283,3 +285,40 @@ async def test_get_count_reads_redis(redis: aioredis.Redis, unique_name: str) ->
     sem = await RedisSemaphore.create(redis, unique_name, count=7)
     assert await sem.get_count() == 7
     await sem.close()
+
+
+async def test_close_during_the_first_steps_of_a_wait_fails_that_wait(
+    redis: aioredis.Redis, unique_name: str
+) -> None:
+    """close() lands while an acquire() is still taking its first steps (its
+    try of the pool in flight, before its ticket is queued): the wait must fail
+    with the closed error, not queue afterwards and wait forever."""
+    holder = await RedisSemaphore.create(redis, unique_name, count=1, lease_ttl=5)
+    sem = await RedisSemaphore.attach(redis, unique_name, lease_ttl=5)
+    entered, opened = asyncio.Event(), asyncio.Event()
+    original = sem._link.pipeline
+
+    async def held(commands: Any, **kwargs: Any) -> Any:
+        if commands and commands[0][0] == "LMOVE":
+            entered.set()
+            await opened.wait()
+        return await original(commands, **kwargs)
+
+    sem._link.pipeline = held  # type: ignore[method-assign]
+    try:
+        await holder.acquire()
+        waiting = asyncio.ensure_future(sem.acquire())
+        await asyncio.wait_for(entered.wait(), 5)
+        closing = asyncio.ensure_future(sem.close())
+        await wait_until(lambda: sem._closed, timeout=5)
+        opened.set()
+        with pytest.raises(RedisSemaphoreClosedError):
+            await asyncio.wait_for(waiting, 10)
+        await asyncio.wait_for(closing, 10)
+        await holder.release()
+        assert (await holder.statistics()).available == 1
+    finally:
+        opened.set()
+        del sem._link.pipeline
+        await sem.close()
+        await holder.close()

@@ -655,6 +655,9 @@ class RedisSemaphore:
                 except BaseException:
                     self._clear(slot)
                     raise
+            if self._closed:  # closed while this acquisition was on its way
+                self._clear(slot)
+                raise self._closed_error()
             fut: asyncio.Future[str | None] = loop.create_future()
             self._waits[slot.member] = fut
             slot.to(Phase.WAITING)
@@ -686,6 +689,10 @@ class RedisSemaphore:
                 await self._renew()
                 continue
             if status == 0:
+                if self._closed and not fut.done():
+                    # close() ran while the ticket was being queued, after it
+                    # failed the waits it could see: this one leaves too.
+                    fut.set_exception(self._closed_error())
                 timer = None if deadline is None else loop.call_at(deadline, _settle, fut, None)
                 try:
                     token = await fut
