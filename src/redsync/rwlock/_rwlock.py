@@ -34,7 +34,7 @@ from redis import exceptions as rex
 
 from .._core import validate as _validate
 from .._core.keys import KeySpace
-from .._core.link import Client, Command, Script, retrying, text
+from .._core.link import Client, Command, Script, now_ms, retrying, text
 from .._core.push import PushUnavailable, Subscription
 from .._core.renewal import Batch, Renewal, renewer
 from ..exceptions import (
@@ -608,18 +608,11 @@ class RedisReadWriteLock:
     async def statistics(self) -> ReadWriteLockStatistics:
         """Reads held anywhere and here, the writer here, waiters, losses (two round trips)."""
         sem = await self._gate._semaphore()
-        now_ms = ("TIME",)
-        time_reply, _, pool = await retrying(
-            lambda _: self._link.pipeline(
-                [
-                    now_ms,
-                    ("ZCARD", self._readers_key),
-                    ("LLEN", sem._keys.key("pool")),
-                ]
-            ),
+        time_reply, pool = await retrying(
+            lambda _: self._link.pipeline([("TIME",), ("LLEN", sem._keys.key("pool"))]),
             what="read-write lock statistics",
         )
-        server_ms = int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
+        server_ms = now_ms(time_reply)
         live = await retrying(
             lambda _: self._link.pipeline([("ZCOUNT", self._readers_key, f"({server_ms}", "+inf")]),
             what="read-write lock statistics",
